@@ -1,0 +1,15 @@
+//! The todo app's rules and presentation, free of any runtime or storage.
+//!
+//! The node, the browser peer and the edge worker all render the same pages from the same view
+//! models: [`todo`] holds the validation rules and the list arithmetic (filters, counts),
+//! [`view`] the structures the templates read, and [`templates`] the MiniJinja environment
+//! (embedded templates, or a folder reloaded on every render during development).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod templates;
+pub mod todo;
+pub mod view;
+
+pub use templates::{RenderError, Templates};
+pub use todo::{Filter, FilterParseError, Todo, TitleError, TodoCounts, validate_title};
+pub use view::{ErrorPage, FilterLink, FormError, IndexPage, TodoItem};
