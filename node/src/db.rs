@@ -1,0 +1,300 @@
+//! The node's replica: SQLite with the cr-sqlite extension, the `todos` table made a CRR.
+//!
+//! One writer connection serialises local writes and merges (SQLite allows one writer anyway);
+//! a few reader connections serve pages concurrently thanks to WAL. Every connection loads the
+//! embedded extension and calls `crsql_finalize()` before it closes. All calls block: async
+//! callers run them on the blocking pool.
+
+mod extension;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use app::Todo;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+pub use extension::{CRSQLITE_VERSION, CRSQLITE_VERSION_NUMBER};
+
+/// File name of the database inside DATA_DIR.
+pub const DB_FILE: &str = "todos.db";
+/// Reader connections: enough for a 2-core machine to keep both cores busy rendering pages.
+const READERS: usize = 4;
+/// How long a connection waits for a lock held by another before giving up with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS todos(
+    id TEXT PRIMARY KEY NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    completed INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL DEFAULT 0
+);
+SELECT crsql_as_crr('todos');
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no todo with id {0:?}")]
+    NotFound(String),
+    #[error("cr-sqlite extension: {0}")]
+    Extension(String),
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a database lock was poisoned by a panic")]
+    Poisoned,
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotFound(_))
+    }
+}
+
+/// A connection with cr-sqlite loaded; finalizes the extension when dropped.
+struct CrConnection(Connection);
+
+impl Drop for CrConnection {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.query_row("SELECT crsql_finalize()", [], |_| Ok(())) {
+            tracing::warn!(%error, "crsql_finalize failed");
+        }
+    }
+}
+
+/// Facts about this replica for /health.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaInfo {
+    pub site_id: String,
+    pub db_version: i64,
+    pub todos: i64,
+}
+
+pub struct Store {
+    writer: Mutex<CrConnection>,
+    readers: Vec<Mutex<CrConnection>>,
+    next_reader: AtomicUsize,
+    site_id: [u8; 16],
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the replica in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Extension(format!("creating data dir {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let extension = extension::path(data_dir)?;
+
+        let writer = open_connection(&path, &extension, true)?;
+        writer.0.execute_batch(SCHEMA)?;
+        check_version(&writer.0)?;
+        let site_id: Vec<u8> = writer
+            .0
+            .query_row("SELECT crsql_site_id()", [], |r| r.get(0))?;
+        let site_id: [u8; 16] = site_id.try_into().map_err(|v: Vec<u8>| {
+            StoreError::Extension(format!("site id has {} bytes, expected 16", v.len()))
+        })?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(&path, &extension, false).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            site_id,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn site_id(&self) -> [u8; 16] {
+        self.site_id
+    }
+
+    fn reader(&self) -> Result<MutexGuard<'_, CrConnection>, StoreError> {
+        // Prefer an idle reader; otherwise queue on the next one in turn.
+        for reader in &self.readers {
+            if let Ok(guard) = reader.try_lock() {
+                return Ok(guard);
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.readers[i].lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, CrConnection>, StoreError> {
+        self.writer.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Every todo, oldest first.
+    pub fn list(&self) -> Result<Vec<Todo>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.0.prepare_cached(
+            "SELECT id, title, completed, created_at FROM todos ORDER BY created_at, id",
+        )?;
+        let rows = stmt.query_map([], todo_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Todo, StoreError> {
+        let conn = self.reader()?;
+        conn.0
+            .prepare_cached("SELECT id, title, completed, created_at FROM todos WHERE id = ?1")?
+            .query_row([id], todo_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    pub fn info(&self) -> Result<ReplicaInfo, StoreError> {
+        let conn = self.reader()?;
+        let (db_version, todos) = conn.0.query_row(
+            "SELECT crsql_db_version(), (SELECT count(*) FROM todos)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(ReplicaInfo {
+            site_id: hex::encode_upper(self.site_id),
+            db_version,
+            todos,
+        })
+    }
+
+    /// Adds a todo with a fresh UUIDv7 id; returns it as stored.
+    pub fn add(&self, title: &str, created_at: i64) -> Result<Todo, StoreError> {
+        let todo = Todo {
+            id: uuid::Uuid::now_v7().to_string(),
+            title: title.to_owned(),
+            completed: false,
+            created_at,
+        };
+        self.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO todos (id, title, completed, created_at) VALUES (?1, ?2, 0, ?3)
+                 ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+            )?
+            .execute(params![todo.id, todo.title, todo.created_at])?;
+            Ok(())
+        })?;
+        Ok(todo)
+    }
+
+    pub fn set_completed(&self, id: &str, completed: bool) -> Result<(), StoreError> {
+        self.update_one(
+            "UPDATE todos SET completed = ?2 WHERE id = ?1",
+            params![id, i64::from(completed)],
+            id,
+        )
+    }
+
+    pub fn set_title(&self, id: &str, title: &str) -> Result<(), StoreError> {
+        self.update_one("UPDATE todos SET title = ?2 WHERE id = ?1", params![id, title], id)
+    }
+
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.update_one("DELETE FROM todos WHERE id = ?1", params![id], id)
+    }
+
+    /// Deletes every completed todo; returns how many.
+    pub fn clear_completed(&self) -> Result<usize, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM todos WHERE completed = 1", [])?))
+    }
+
+    fn update_one(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| match tx.prepare_cached(sql)?.execute(params)? {
+            0 => Err(StoreError::NotFound(id.to_owned())),
+            _ => Ok(()),
+        })
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction on the writer; commits only if it returns Ok.
+    /// With synchronous=FULL, a write that returned is on disk and survives a crash.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.writer()?;
+        let tx = conn
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn todo_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Todo> {
+    Ok(Todo {
+        id: row.get(0)?,
+        title: row.get(1)?,
+        completed: row.get::<_, i64>(2)? != 0,
+        created_at: row.get(3)?,
+    })
+}
+
+fn open_connection(
+    path: &Path,
+    extension: &Path,
+    writer: bool,
+) -> Result<CrConnection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    if writer {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "could not switch the database to WAL");
+        }
+    }
+    // FULL: a commit is fsynced before it returns, so an acknowledged write survives power loss.
+    conn.execute_batch("PRAGMA synchronous = FULL")
+        .map_err(open_error)?;
+    // SAFETY: the extension is our own embedded, checksummed cr-sqlite build; loading is
+    // switched off again straight after, so SQL cannot load anything else.
+    unsafe {
+        let _guard = rusqlite::LoadExtensionGuard::new(&conn)?;
+        conn.load_extension(extension, Some(extension::ENTRY_POINT))
+            .map_err(|e| StoreError::Extension(format!("loading: {e}")))?;
+    }
+    Ok(CrConnection(conn))
+}
+
+fn check_version(conn: &Connection) -> Result<(), StoreError> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM crsql_master WHERE key = 'crsqlite_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match found {
+        Some(v) if v == CRSQLITE_VERSION_NUMBER => Ok(()),
+        other => Err(StoreError::Extension(format!(
+            "this node needs cr-sqlite {CRSQLITE_VERSION} ({CRSQLITE_VERSION_NUMBER}); the database or extension reports {other:?}"
+        ))),
+    }
+}

@@ -1,0 +1,98 @@
+//! The HTTP face of a node: server-rendered pages with plain-form actions (no JavaScript
+//! needed), a JSON API for machines, and the static assets.
+//!
+//! Every response carries security headers (a CSP that allows only same-origin scripts); every
+//! POST must come from this origin; request bodies are capped; requests time out.
+
+mod api;
+mod assets;
+mod error;
+mod form;
+mod guard;
+mod todos;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use app::Templates;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::AppError;
+
+use crate::db::Store;
+
+/// Form posts are a title and a few hidden fields: 16 KiB is far above any valid one.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A request that takes longer than this is answered 408 and its work abandoned.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub templates: Arc<Templates>,
+    pub node_name: Arc<str>,
+}
+
+impl AppState {
+    /// Runs a blocking store call on the blocking pool.
+    pub async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::db::StoreError> + Send + 'static,
+    ) -> Result<T, AppError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("store task failed: {e}")))?
+            .map_err(AppError::from)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(todos::index))
+        .route("/todos", post(todos::create))
+        .route("/todos/clear-completed", post(todos::clear_completed))
+        .route("/todos/{id}/toggle", post(todos::toggle))
+        .route("/todos/{id}/title", post(todos::retitle))
+        .route("/todos/{id}/delete", post(todos::delete))
+        .route("/health", get(api::health))
+        .route("/api/todos", get(api::todos))
+        // .route("/api/changes", get(api::changes))
+        .route("/static/{*path}", get(assets::serve))
+        .fallback(todos::not_found)
+        .layer(axum::middleware::from_fn(guard::same_origin_posts))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(security_header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(security_header(header::REFERRER_POLICY, "same-origin"))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %request.method(), %route)
+            }),
+        )
+        .with_state(state)
+}
+
+fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+}

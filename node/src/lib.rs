@@ -1,0 +1,62 @@
+//! A todo node: serves the server-rendered app from its cr-sqlite replica.
+//!
+//! `run` is the whole server given a bound listener and a shutdown signal, so tests and
+//! benchmarks start real nodes on port 0 exactly as the binary does.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod config;
+pub mod db;
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use app::Templates;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use db::Store;
+
+/// Serves the node on `listener` until `shutdown` completes, then finishes in-flight requests
+/// and closes the database cleanly.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let store = Arc::new(store);
+    let templates = match &config.templates_dir {
+        Some(dir) => {
+            tracing::info!(dir = %dir.display(), "templates reload from disk on every render");
+            Templates::reloading(dir)
+        }
+        None => Templates::embedded(),
+    };
+    let info = store.info().context("reading the replica")?;
+    tracing::info!(
+        addr = %listener.local_addr().context("listener address")?,
+        node = %config.node_name,
+        site_id = %info.site_id,
+        db_version = info.db_version,
+        todos = info.todos,
+        db = %store.path().display(),
+        "node listening"
+    );
+    let state = http::AppState {
+        store: store.clone(),
+        templates: Arc::new(templates),
+        node_name: config.node_name.as_str().into(),
+    };
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("node stopped");
+    Ok(())
+}

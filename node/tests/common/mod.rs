@@ -1,0 +1,125 @@
+//! Test kit: real nodes on 127.0.0.1:0 with a temporary DATA_DIR, driven over real HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use todo_node::Config;
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestNode {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(Config::with_data_dir(data_dir)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let data_dir = config.data_dir.clone();
+        let task = tokio::spawn(todo_node::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let node = Self {
+            addr,
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        node.wait_healthy().await;
+        node
+    }
+
+    async fn wait_healthy(&self) {
+        let client = client();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(self.url("/health")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("node at {} did not become healthy", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful stop: waits for the server to finish and the database to close.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("node task").expect("node ran cleanly");
+        }
+    }
+}
+
+/// A client that does not follow redirects, so tests see the 303s.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+pub async fn post_form(
+    node: &TestNode,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(node.url(path))
+        .form(fields)
+        .send()
+        .await
+        .expect("post")
+}
+
+pub async fn get_text(node: &TestNode, path: &str) -> (u16, String) {
+    let r = client().get(node.url(path)).send().await.expect("get");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+pub async fn todos(node: &TestNode) -> Vec<serde_json::Value> {
+    client()
+        .get(node.url("/api/todos"))
+        .send()
+        .await
+        .expect("get todos")
+        .json()
+        .await
+        .expect("todos json")
+}
+
+/// Adds a todo through the form and returns its id (found by title in /api/todos).
+pub async fn add(node: &TestNode, title: &str) -> String {
+    let r = post_form(node, "/todos", &[("title", title), ("return_to", "/")]).await;
+    assert_eq!(r.status(), 303, "adding {title:?}");
+    todos(node)
+        .await
+        .into_iter()
+        .rev()
+        .find(|t| t["title"] == title.trim())
+        .and_then(|t| t["id"].as_str().map(str::to_owned))
+        .expect("added todo is listed")
+}

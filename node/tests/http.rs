@@ -1,0 +1,313 @@
+//! The node over real HTTP: pages, every form action, the API, and bad input.
+
+mod common;
+
+use common::{TestNode, add, client, get_text, post_form, todos};
+use serde_json::Value;
+
+async fn db_version(node: &TestNode) -> i64 {
+    let health: Value = client()
+        .get(node.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    health["db_version"].as_i64().expect("db_version")
+}
+
+#[tokio::test]
+async fn page_lists_added_todos_with_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+
+    let (status, html) = get_text(&node, "/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Nothing to do yet."));
+
+    add(&node, "buy milk").await;
+    add(&node, "  walk the dog  ").await;
+    let (status, html) = get_text(&node, "/").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("buy milk") && html.contains("walk the dog"));
+    assert!(html.contains("2 items left"));
+    assert!(html.contains("(2 total, 0 completed)"));
+    // Oldest first.
+    assert!(html.find("buy milk") < html.find("walk the dog"));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn every_form_action_works_and_redirects_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let milk = add(&node, "buy milk").await;
+    let dog = add(&node, "walk the dog").await;
+
+    // Toggle done, answered 303 to the page the form came from (filter kept).
+    let r = post_form(
+        &node,
+        &format!("/todos/{milk}/toggle"),
+        &[("completed", "1"), ("return_to", "/?filter=active")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/?filter=active");
+    let (_, active) = get_text(&node, "/?filter=active").await;
+    assert!(!active.contains("buy milk") && active.contains("walk the dog"));
+    let (_, completed) = get_text(&node, "/?filter=completed").await;
+    assert!(completed.contains("buy milk") && !completed.contains("walk the dog"));
+    // The same form submitted twice leaves it done (sets, does not flip).
+    post_form(&node, &format!("/todos/{milk}/toggle"), &[("completed", "1")]).await;
+    let all = todos(&node).await;
+    assert_eq!(all[0]["completed"], true);
+
+    // Edit the title.
+    let r = post_form(
+        &node,
+        &format!("/todos/{dog}/title"),
+        &[("title", "walk the cat"), ("return_to", "/")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    assert_eq!(todos(&node).await[1]["title"], "walk the cat");
+
+    // Toggle back to not done.
+    post_form(&node, &format!("/todos/{milk}/toggle"), &[("completed", "0")]).await;
+    assert_eq!(todos(&node).await[0]["completed"], false);
+
+    // Clear completed removes only the completed ones.
+    post_form(&node, &format!("/todos/{dog}/toggle"), &[("completed", "1")]).await;
+    let r = post_form(&node, "/todos/clear-completed", &[("return_to", "/")]).await;
+    assert_eq!(r.status(), 303);
+    let left = todos(&node).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], milk.as_str());
+
+    // Delete.
+    let r = post_form(&node, &format!("/todos/{milk}/delete"), &[("return_to", "/")]).await;
+    assert_eq!(r.status(), 303);
+    assert!(todos(&node).await.is_empty());
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn redirect_target_is_never_taken_verbatim_from_the_form() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    for evil in ["https://evil.example/", "//evil.example", "/\\evil", "javascript:alert(1)"] {
+        let r = post_form(&node, "/todos", &[("title", "x"), ("return_to", evil)]).await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/", "return_to {evil:?}");
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_titles_get_the_page_again_with_a_message_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let id = add(&node, "keep me").await;
+    let before = (todos(&node).await, db_version(&node).await);
+
+    for (title, message) in [
+        ("", "A todo needs a title."),
+        ("   \t ", "A todo needs a title."),
+        (&"x".repeat(501), "at most 500 characters"),
+    ] {
+        let r = post_form(&node, "/todos", &[("title", title), ("return_to", "/")]).await;
+        assert_eq!(r.status(), 422, "title {title:?}");
+        let html = r.text().await.expect("body");
+        assert!(html.contains(message), "{message} in page");
+        assert!(html.contains("keep me"), "the page still shows the list");
+
+        let r = post_form(&node, &format!("/todos/{id}/title"), &[("title", title)]).await;
+        assert_eq!(r.status(), 422, "edit title {title:?}");
+    }
+    // 500 characters is still fine.
+    add(&node, &"y".repeat(500)).await;
+    let after: Vec<Value> = todos(&node).await;
+    assert_eq!(after[0], before.0[0]);
+    assert_eq!(after.len(), 2);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_statuses_and_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let id = add(&node, "keep me").await;
+    let before = (todos(&node).await, db_version(&node).await);
+    let c = client();
+
+    // Unknown ids: 404 page.
+    for path in ["/todos/nope/toggle", "/todos/nope/delete", "/todos/nope/title"] {
+        let r = post_form(&node, path, &[("completed", "1"), ("title", "t")]).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(r.text().await.expect("body").contains("No todo has that id."));
+    }
+    let r = post_form(&node, "/todos/nope/title", &[("title", "")]).await;
+    assert_eq!(r.status(), 404, "an invalid edit of a missing todo is still a 404");
+    let (status, _) = get_text(&node, "/no/such/page").await;
+    assert_eq!(status, 404);
+
+    // Malformed forms: 400.
+    let r = post_form(&node, "/todos", &[("titel", "typo")]).await;
+    assert_eq!(r.status(), 400);
+    let r = post_form(&node, &format!("/todos/{id}/toggle"), &[("completed", "maybe")]).await;
+    assert_eq!(r.status(), 400);
+    let (status, _) = get_text(&node, "/?filter=bogus").await;
+    assert_eq!(status, 400);
+
+    // Wrong content type: 415. Over the size limit: 413.
+    let r = c
+        .post(node.url("/todos"))
+        .header("content-type", "application/json")
+        .body(r#"{"title":"x"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 415);
+    let huge = "x".repeat(64 * 1024);
+    let r = post_form(&node, "/todos", &[("title", huge.as_str())]).await;
+    assert_eq!(r.status(), 413);
+
+    // Cross-site posts: 403, by Origin or by Sec-Fetch-Site.
+    let r = c
+        .post(node.url("/todos"))
+        .header("origin", "https://evil.example")
+        .form(&[("title", "csrf")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(node.url(&format!("/todos/{id}/delete")))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("return_to", "/")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+    // A same-origin browser post is accepted.
+    let r = c
+        .post(node.url("/todos"))
+        .header("origin", format!("http://{}", node.addr))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("title", "from the page")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 303);
+    post_form(&node, &format!("/todos/{}/delete", add(&node, "tmp").await), &[]).await;
+
+    let after = todos(&node).await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[0], before.0[0], "bad requests left the data alone");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn html_in_titles_comes_back_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let payload = r#"<script>alert("x")</script><img src=x onerror=alert(1)>"#;
+    add(&node, payload).await;
+    let (_, html) = get_text(&node, "/").await;
+    assert!(!html.contains("<script>alert"), "no live script tag");
+    assert!(!html.contains("<img src=x"), "no live img tag");
+    assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt;"));
+    // The API returns the title exactly as typed: escaping is the renderer's job.
+    assert_eq!(todos(&node).await[0]["title"], payload);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn responses_carry_security_headers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    for path in ["/", "/health", "/static/style.css", "/missing"] {
+        let r = client().get(node.url(path)).send().await.expect("get");
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().expect("csp");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+    let r = client()
+        .get(node.url("/static/style.css"))
+        .send()
+        .await
+        .expect("css");
+    assert_eq!(r.headers()["content-type"], "text/css; charset=utf-8");
+    let etag = r.headers()["etag"].clone();
+    let r = client()
+        .get(node.url("/static/style.css"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .expect("css again");
+    assert_eq!(r.status(), 304);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_the_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = todo_node::Config::with_data_dir(dir.path());
+    config.node_name = "node-a".to_owned();
+    let node = TestNode::start_with(config).await;
+    add(&node, "one").await;
+    let h: Value = client()
+        .get(node.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["node_name"], "node-a");
+    assert_eq!(h["todos"], 1);
+    assert_eq!(h["db_version"], 1);
+    assert_eq!(h["site_id"].as_str().expect("site id").len(), 32);
+    assert_eq!(h["crsqlite_version"], "0.16.3");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn data_and_site_id_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let id = add(&node, "remember me").await;
+    post_form(&node, &format!("/todos/{id}/toggle"), &[("completed", "1")]).await;
+    let site: Value = client()
+        .get(node.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    node.stop().await;
+
+    let node = TestNode::start(dir.path()).await;
+    let all = todos(&node).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["title"], "remember me");
+    assert_eq!(all[0]["completed"], true);
+    let again: Value = client()
+        .get(node.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(site["site_id"], again["site_id"]);
+    assert_eq!(again["db_version"], 2);
+    node.stop().await;
+}
