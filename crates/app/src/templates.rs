@@ -56,6 +56,16 @@ fn configured_environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A template that reads a field the view model lacks is a bug: fail loudly, never print "".
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Drop the newlines and indentation of block tags: a 1,000-todo page is mostly loop output.
+    match minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+    {
+        Ok(syntax) => env.set_syntax(syntax),
+        // Only custom delimiters can fail to build; with the defaults this cannot happen.
+        Err(error) => debug_assert!(false, "default syntax config: {error}"),
+    }
     env
 }
 
