@@ -10,10 +10,15 @@ const CRSQLITE_VERSION: &str = "0.16.3";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CRSQLITE_DIR");
-    let dir = std::env::var_os("CRSQLITE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/todo-hybrid").join(format!("crsqlite-{CRSQLITE_VERSION}"))
-    });
+    let dir = std::env::var_os("CRSQLITE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/todo-hybrid")
+                .join(format!("crsqlite-{CRSQLITE_VERSION}"))
+        });
     let so = dir.join("crsqlite.so");
     let sum_file = dir.join("crsqlite.so.sha256");
     println!("cargo:rerun-if-changed={}", so.display());
@@ -21,11 +26,13 @@ fn main() {
 
     let fix = "run ci/build-crsqlite.sh (it builds cr-sqlite from the npm package) and build again";
     let bytes = std::fs::read(&so).unwrap_or_else(|e| {
-        panic!("cr-sqlite extension not found at {}: {e}; {fix}", so.display())
+        panic!(
+            "cr-sqlite extension not found at {}: {e}; {fix}",
+            so.display()
+        )
     });
-    let recorded = std::fs::read_to_string(&sum_file).unwrap_or_else(|e| {
-        panic!("checksum file {} missing: {e}; {fix}", sum_file.display())
-    });
+    let recorded = std::fs::read_to_string(&sum_file)
+        .unwrap_or_else(|e| panic!("checksum file {} missing: {e}; {fix}", sum_file.display()));
     let expected = recorded.split_whitespace().next().unwrap_or_default();
     let actual = hex::encode(Sha256::digest(&bytes));
     if expected != actual {

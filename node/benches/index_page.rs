@@ -97,7 +97,10 @@ async fn main() {
 
     let started = Instant::now();
     while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "node did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "node did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rss_idle = rss_kib(node.child.id(), "VmRSS:");
@@ -106,7 +109,10 @@ async fn main() {
     for i in 0..TODOS {
         let r = client
             .post(format!("{base}/todos"))
-            .form(&[("title", format!("todo number {i} with a realistic length title"))])
+            .form(&[(
+                "title",
+                format!("todo number {i} with a realistic length title"),
+            )])
             .send()
             .await
             .expect("add todo");
@@ -182,7 +188,12 @@ async fn main() {
             .as_ref()
             .and_then(|b| b[key].as_f64())
             .filter(|old| *old != 0.0)
-            .map(|old| format!("  ({:+.1}% vs baseline {old:.2})", (now - old) / old * 100.0))
+            .map(|old| {
+                format!(
+                    "  ({:+.1}% vs baseline {old:.2})",
+                    (now - old) / old * 100.0
+                )
+            })
             .unwrap_or_default();
         println!("  {key:<20} {now:>12.2}{delta}");
     }

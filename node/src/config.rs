@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "todo-node", version, about = "The todo list server: SSR pages from a cr-sqlite replica")]
+#[command(
+    name = "todo-node",
+    version,
+    about = "The todo list server: SSR pages from a cr-sqlite replica"
+)]
 pub struct Config {
     /// TCP port for HTTP.
     #[arg(long, env = "PORT", default_value_t = 3000)]

@@ -199,7 +199,11 @@ impl Store {
     }
 
     pub fn set_title(&self, id: &str, title: &str) -> Result<(), StoreError> {
-        self.update_one("UPDATE todos SET title = ?2 WHERE id = ?1", params![id, title], id)
+        self.update_one(
+            "UPDATE todos SET title = ?2 WHERE id = ?1",
+            params![id, title],
+            id,
+        )
     }
 
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {

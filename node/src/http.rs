@@ -72,7 +72,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(todos::not_found)
         .layer(axum::middleware::from_fn(guard::same_origin_posts))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(security_header(header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .layer(security_header(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
         .layer(security_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(security_header(header::X_FRAME_OPTIONS, "DENY"))
         .layer(security_header(header::REFERRER_POLICY, "same-origin"))

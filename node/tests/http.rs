@@ -59,7 +59,12 @@ async fn every_form_action_works_and_redirects_back() {
     let (_, completed) = get_text(&node, "/?filter=completed").await;
     assert!(completed.contains("buy milk") && !completed.contains("walk the dog"));
     // The same form submitted twice leaves it done (sets, does not flip).
-    post_form(&node, &format!("/todos/{milk}/toggle"), &[("completed", "1")]).await;
+    post_form(
+        &node,
+        &format!("/todos/{milk}/toggle"),
+        &[("completed", "1")],
+    )
+    .await;
     let all = todos(&node).await;
     assert_eq!(all[0]["completed"], true);
 
@@ -75,11 +80,21 @@ async fn every_form_action_works_and_redirects_back() {
     assert_eq!(todos(&node).await[1]["title"], "walk the cat");
 
     // Toggle back to not done.
-    post_form(&node, &format!("/todos/{milk}/toggle"), &[("completed", "0")]).await;
+    post_form(
+        &node,
+        &format!("/todos/{milk}/toggle"),
+        &[("completed", "0")],
+    )
+    .await;
     assert_eq!(todos(&node).await[0]["completed"], false);
 
     // Clear completed removes only the completed ones.
-    post_form(&node, &format!("/todos/{dog}/toggle"), &[("completed", "1")]).await;
+    post_form(
+        &node,
+        &format!("/todos/{dog}/toggle"),
+        &[("completed", "1")],
+    )
+    .await;
     let r = post_form(&node, "/todos/clear-completed", &[("return_to", "/")]).await;
     assert_eq!(r.status(), 303);
     let left = todos(&node).await;
@@ -87,7 +102,12 @@ async fn every_form_action_works_and_redirects_back() {
     assert_eq!(left[0]["id"], milk.as_str());
 
     // Delete.
-    let r = post_form(&node, &format!("/todos/{milk}/delete"), &[("return_to", "/")]).await;
+    let r = post_form(
+        &node,
+        &format!("/todos/{milk}/delete"),
+        &[("return_to", "/")],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     assert!(todos(&node).await.is_empty());
     node.stop().await;
@@ -97,7 +117,12 @@ async fn every_form_action_works_and_redirects_back() {
 async fn redirect_target_is_never_taken_verbatim_from_the_form() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = TestNode::start(dir.path()).await;
-    for evil in ["https://evil.example/", "//evil.example", "/\\evil", "javascript:alert(1)"] {
+    for evil in [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil",
+        "javascript:alert(1)",
+    ] {
         let r = post_form(&node, "/todos", &[("title", "x"), ("return_to", evil)]).await;
         assert_eq!(r.status(), 303);
         assert_eq!(r.headers()["location"], "/", "return_to {evil:?}");
@@ -143,20 +168,38 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() {
     let c = client();
 
     // Unknown ids: 404 page.
-    for path in ["/todos/nope/toggle", "/todos/nope/delete", "/todos/nope/title"] {
+    for path in [
+        "/todos/nope/toggle",
+        "/todos/nope/delete",
+        "/todos/nope/title",
+    ] {
         let r = post_form(&node, path, &[("completed", "1"), ("title", "t")]).await;
         assert_eq!(r.status(), 404, "{path}");
-        assert!(r.text().await.expect("body").contains("No todo has that id."));
+        assert!(
+            r.text()
+                .await
+                .expect("body")
+                .contains("No todo has that id.")
+        );
     }
     let r = post_form(&node, "/todos/nope/title", &[("title", "")]).await;
-    assert_eq!(r.status(), 404, "an invalid edit of a missing todo is still a 404");
+    assert_eq!(
+        r.status(),
+        404,
+        "an invalid edit of a missing todo is still a 404"
+    );
     let (status, _) = get_text(&node, "/no/such/page").await;
     assert_eq!(status, 404);
 
     // Malformed forms: 400.
     let r = post_form(&node, "/todos", &[("titel", "typo")]).await;
     assert_eq!(r.status(), 400);
-    let r = post_form(&node, &format!("/todos/{id}/toggle"), &[("completed", "maybe")]).await;
+    let r = post_form(
+        &node,
+        &format!("/todos/{id}/toggle"),
+        &[("completed", "maybe")],
+    )
+    .await;
     assert_eq!(r.status(), 400);
     let (status, _) = get_text(&node, "/?filter=bogus").await;
     assert_eq!(status, 400);
@@ -201,7 +244,12 @@ async fn bad_requests_get_clear_statuses_and_change_nothing() {
         .await
         .expect("post");
     assert_eq!(r.status(), 303);
-    post_form(&node, &format!("/todos/{}/delete", add(&node, "tmp").await), &[]).await;
+    post_form(
+        &node,
+        &format!("/todos/{}/delete", add(&node, "tmp").await),
+        &[],
+    )
+    .await;
 
     let after = todos(&node).await;
     assert_eq!(after.len(), 2);

@@ -54,7 +54,10 @@ impl AppError {
 
     fn public_message(&self) -> String {
         match self {
-            Self::Internal(_) => "Something went wrong on the server. Nothing was changed; please try again.".to_owned(),
+            Self::Internal(_) => {
+                "Something went wrong on the server. Nothing was changed; please try again."
+                    .to_owned()
+            }
             other => other.to_string(),
         }
     }

@@ -11,12 +11,11 @@ use axum::response::{IntoResponse, Response};
 use super::AppError;
 
 pub async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        if let Err(reason) = check(&request) {
-            tracing::warn!(%reason, "refused cross-site request");
-            return AppError::Forbidden(format!("Refused a cross-site request: {reason}."))
-                .into_response();
-        }
+    let unsafe_method = request.method() != Method::GET && request.method() != Method::HEAD;
+    if unsafe_method && let Err(reason) = check(&request) {
+        tracing::warn!(%reason, "refused cross-site request");
+        return AppError::Forbidden(format!("Refused a cross-site request: {reason}."))
+            .into_response();
     }
     next.run(request).await
 }

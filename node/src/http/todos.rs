@@ -64,9 +64,7 @@ pub async fn create(
         Err(e) => return invalid(&state, filter, None, e, form.title).await,
     };
     let created_at = now_millis();
-    let todo = state
-        .with_store(move |s| s.add(&title, created_at))
-        .await?;
+    let todo = state.with_store(move |s| s.add(&title, created_at)).await?;
     tracing::info!(id = %todo.id, "todo added");
     Ok(Redirect::to(target).into_response())
 }

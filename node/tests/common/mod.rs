@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use todo_node::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use todo_node::Config;
 
 pub struct TestNode {
     pub addr: SocketAddr,
@@ -44,10 +44,10 @@ impl TestNode {
     async fn wait_healthy(&self) {
         let client = client();
         for _ in 0..200 {
-            if let Ok(r) = client.get(self.url("/health")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = client.get(self.url("/health")).send().await
+                && r.status().is_success()
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -82,11 +82,7 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
-pub async fn post_form(
-    node: &TestNode,
-    path: &str,
-    fields: &[(&str, &str)],
-) -> reqwest::Response {
+pub async fn post_form(node: &TestNode, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
     client()
         .post(node.url(path))
         .form(fields)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, then format, lint, unit and
+# integration tests, the wasm32 build of the shared crates, and the cr-sqlite oracle self-test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source ci/env.sh
+started=$SECONDS
+
+step "prerequisites (Debian packages, rust targets, cr-sqlite $CRSQLITE_DIR)"
+apt_install libclang-dev python3 sqlite3
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-unknown-unknown >/dev/null
+ci/build-crsqlite.sh >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "the shared crates build for wasm32-unknown-unknown"
+cargo build --locked -p changeset -p app --target wasm32-unknown-unknown
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+if [ -f ../shared/tools/test_crsqlite_oracle.py ]; then
+  step "the cr-sqlite oracle agrees with the extension we built"
+  /usr/bin/python3 ../shared/tools/test_crsqlite_oracle.py | tail -1
+fi
+
+step "all tests passed in $((SECONDS - started)) s"
