@@ -1,1 +1,20 @@
-//! placeholder: being written (issue 3)
+//! A cr-sqlite 0.16.3 compatible change format that runs anywhere (native and wasm32).
+//!
+//! - [`value`]: SQLite values with their storage class, site ids and db_versions;
+//! - [`change`]: one row of `crsql_changes`, and its JSON form for HTTP;
+//! - [`pk`]: the primary-key packing of `crsql_pack_columns`, byte-exact;
+//! - [`wire`]: the compact, versioned binary form of a batch of changes, for libp2p.
+//!
+//! The rules are those of shared/research/crsqlite-merge-spec.md; section numbers in comments
+//! refer to it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod change;
+pub mod pk;
+pub mod value;
+pub mod wire;
+
+pub use change::{Change, SENTINEL_CID};
+pub use pk::{PkError, pack_columns, unpack_columns};
+pub use value::{DbVersion, SiteId, SiteIdParseError, Value};
+pub use wire::{WireError, decode_changes, encode_changes};
