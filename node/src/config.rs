@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -37,6 +39,38 @@ pub struct Config {
     /// (development: edit a template, reload the page).
     #[arg(long, env = "TEMPLATES_DIR")]
     pub templates_dir: Option<PathBuf>,
+
+    /// Find other nodes on the local network by mDNS.
+    #[arg(long, env = "ENABLE_MDNS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub enable_mdns: bool,
+
+    /// The deployment's name: only nodes with the same name replicate with each other (it
+    /// names the gossip topic and the sync protocol, and is checked when peers meet).
+    #[arg(long, env = "MDNS_SERVICE_NAME", default_value = "todo-hybrid", value_parser = parse_service_name)]
+    pub mdns_service_name: String,
+
+    /// Nodes to connect to at start and keep connected (comma-separated multiaddrs, each
+    /// ending in /p2p/<peer id>), for networks without multicast.
+    #[arg(long, env = "BOOTSTRAP_PEERS", value_delimiter = ',', value_parser = parse_peer_addr)]
+    pub bootstrap_peers: Vec<Multiaddr>,
+
+    /// Relays to keep a reservation on, so browsers and NATed nodes can reach this node
+    /// (comma-separated multiaddrs ending in /p2p/<relay peer id>).
+    #[arg(long, env = "RELAY_ADDRS", value_delimiter = ',', value_parser = parse_peer_addr)]
+    pub relay_addrs: Vec<Multiaddr>,
+
+    /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one).
+    #[arg(
+        long,
+        env = "P2P_LISTEN",
+        value_delimiter = ',',
+        default_value = "/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1"
+    )]
+    pub p2p_listen: Vec<Multiaddr>,
+
+    /// Seconds between anti-entropy rounds with each connected node (repairs what gossip missed).
+    #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sync_interval_secs: u64,
 }
 
 impl Config {
@@ -49,6 +83,16 @@ impl Config {
             node_name: "node".to_owned(),
             log: "info".to_owned(),
             templates_dir: None,
+            enable_mdns: false,
+            mdns_service_name: "todo-hybrid".to_owned(),
+            bootstrap_peers: Vec::new(),
+            relay_addrs: Vec::new(),
+            p2p_listen: vec![
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .expect("a valid literal multiaddr"),
+            ],
+            sync_interval_secs: 10,
         }
     }
 
@@ -68,6 +112,30 @@ fn parse_node_name(s: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
+fn parse_service_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("must be 1 to 63 ASCII letters, digits, '-' or '_'".to_owned())
+    }
+}
+
+/// A multiaddr that names its peer (ends in /p2p/<peer id>), so the connection is authenticated.
+fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
+    let addr: Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a multiaddr: {e}"))?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => Ok(addr),
+        _ => Err(format!("{s:?} must end in /p2p/<peer id>")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +153,23 @@ mod tests {
         assert!(err.to_string().contains("PORT"), "{err}");
         let err = Config::try_parse_from(["todo-node", "--node-name", " "]).expect_err("blank");
         assert!(err.to_string().contains("NODE_NAME"), "{err}");
+        let err =
+            Config::try_parse_from(["todo-node", "--enable-mdns", "maybe"]).expect_err("bool");
+        assert!(err.to_string().contains("ENABLE_MDNS"), "{err}");
+        let err = Config::try_parse_from(["todo-node", "--bootstrap-peers", "/ip4/10.0.0.1/tcp/1"])
+            .expect_err("no peer id");
+        assert!(err.to_string().contains("BOOTSTRAP_PEERS"), "{err}");
+        assert!(err.to_string().contains("/p2p/"), "{err}");
+    }
+
+    #[test]
+    fn peer_lists_are_comma_separated() {
+        let c = Config::try_parse_from([
+            "todo-node",
+            "--bootstrap-peers",
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN,/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ])
+        .expect("parse");
+        assert_eq!(c.bootstrap_peers.len(), 2);
     }
 }

@@ -5,6 +5,7 @@
 //! embedded extension and calls `crsql_finalize()` before it closes. All calls block: async
 //! callers run them on the blocking pool.
 
+mod changes;
 mod extension;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::time::Duration;
 use app::Todo;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+pub use changes::{ChangePage, MergeOutcome};
 pub use extension::{CRSQLITE_VERSION, CRSQLITE_VERSION_NUMBER};
 
 /// File name of the database inside DATA_DIR.
@@ -83,6 +85,8 @@ pub struct Store {
     next_reader: AtomicUsize,
     site_id: [u8; 16],
     path: PathBuf,
+    /// The db_version of the latest committed local write: gossip waits on it.
+    local_writes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -103,6 +107,9 @@ impl Store {
         let site_id: [u8; 16] = site_id.try_into().map_err(|v: Vec<u8>| {
             StoreError::Extension(format!("site id has {} bytes, expected 16", v.len()))
         })?;
+        let db_version: i64 = writer
+            .0
+            .query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
         let readers = (0..READERS)
             .map(|_| open_connection(&path, &extension, false).map(Mutex::new))
             .collect::<Result<_, _>>()?;
@@ -112,6 +119,7 @@ impl Store {
             next_reader: AtomicUsize::new(0),
             site_id,
             path,
+            local_writes: tokio::sync::watch::Sender::new(u64::try_from(db_version).unwrap_or(0)),
         })
     }
 
@@ -121,6 +129,11 @@ impl Store {
 
     pub fn site_id(&self) -> [u8; 16] {
         self.site_id
+    }
+
+    /// Changes whenever a local write commits; holds that write's db_version.
+    pub fn subscribe_local_writes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.local_writes.subscribe()
     }
 
     fn reader(&self) -> Result<MutexGuard<'_, CrConnection>, StoreError> {
@@ -179,7 +192,7 @@ impl Store {
             completed: false,
             created_at,
         };
-        self.write(|tx| {
+        self.write(true, |tx| {
             tx.prepare_cached(
                 "INSERT INTO todos (id, title, completed, created_at) VALUES (?1, ?2, 0, ?3)
                  ON CONFLICT (id) DO UPDATE SET title = excluded.title",
@@ -212,7 +225,9 @@ impl Store {
 
     /// Deletes every completed todo; returns how many.
     pub fn clear_completed(&self) -> Result<usize, StoreError> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM todos WHERE completed = 1", [])?))
+        self.write(true, |tx| {
+            Ok(tx.execute("DELETE FROM todos WHERE completed = 1", [])?)
+        })
     }
 
     fn update_one(
@@ -221,16 +236,20 @@ impl Store {
         params: impl rusqlite::Params,
         id: &str,
     ) -> Result<(), StoreError> {
-        self.write(|tx| match tx.prepare_cached(sql)?.execute(params)? {
-            0 => Err(StoreError::NotFound(id.to_owned())),
-            _ => Ok(()),
+        self.write(true, |tx| {
+            match tx.prepare_cached(sql)?.execute(params)? {
+                0 => Err(StoreError::NotFound(id.to_owned())),
+                _ => Ok(()),
+            }
         })
     }
 
     /// Runs `f` in one IMMEDIATE transaction on the writer; commits only if it returns Ok.
-    /// With synchronous=FULL, a write that returned is on disk and survives a crash.
+    /// With synchronous=FULL, a write that returned is on disk and survives a crash. A `local`
+    /// write (one made here, not merged from a peer) is announced to gossip after the commit.
     fn write<T>(
         &self,
+        local: bool,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.writer()?;
@@ -239,6 +258,13 @@ impl Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        if local {
+            let db_version: i64 = conn
+                .0
+                .query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
+            self.local_writes
+                .send_replace(u64::try_from(db_version).unwrap_or(0));
+        }
         Ok(out)
     }
 }

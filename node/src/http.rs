@@ -41,6 +41,7 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub templates: Arc<Templates>,
     pub node_name: Arc<str>,
+    pub net: crate::net::NetHandle,
 }
 
 impl AppState {
@@ -67,7 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/todos/{id}/delete", post(todos::delete))
         .route("/health", get(api::health))
         .route("/api/todos", get(api::todos))
-        // .route("/api/changes", get(api::changes))
+        .route("/api/changes", get(api::changes))
+        .route("/api/peers", get(api::peers))
         .route("/static/{*path}", get(assets::serve))
         .fallback(todos::not_found)
         .layer(axum::middleware::from_fn(guard::same_origin_posts))

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod net;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use app::Templates;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 use db::Store;
@@ -48,15 +50,29 @@ pub async fn run(
         db = %store.path().display(),
         "node listening"
     );
+    let stop_net = CancellationToken::new();
+    let (net, net_task) = net::start(
+        &config,
+        store.clone(),
+        store.subscribe_local_writes(),
+        stop_net.clone(),
+    )
+    .context("starting the p2p network")?;
     let state = http::AppState {
         store: store.clone(),
         templates: Arc::new(templates),
         node_name: config.node_name.as_str().into(),
+        net,
     };
-    axum::serve(listener, http::router(state))
+    let served = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
+    stop_net.cancel();
+    if let Err(error) = net_task.await {
+        tracing::warn!(%error, "network task ended abnormally");
+    }
+    served?;
     tracing::info!("node stopped");
     Ok(())
 }

@@ -11,5 +11,5 @@ pub mod todo;
 pub mod view;
 
 pub use templates::{RenderError, Templates};
-pub use todo::{Filter, FilterParseError, Todo, TitleError, TodoCounts, validate_title};
+pub use todo::{Filter, FilterParseError, TitleError, Todo, TodoCounts, validate_title};
 pub use view::{ErrorPage, FilterLink, FormError, IndexPage, TodoItem};

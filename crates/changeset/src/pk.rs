@@ -62,13 +62,13 @@ fn integer_width(i: i64) -> u8 {
     if !(0..1 << 56).contains(&i) {
         8
     } else {
-        ((64 - i.leading_zeros() + 7) / 8) as u8
+        (64 - i.leading_zeros()).div_ceil(8) as u8
     }
 }
 
 fn push_bytes(out: &mut Vec<u8>, kind: u8, bytes: &[u8]) {
     let len = bytes.len() as u64;
-    let n = ((64 - len.leading_zeros() + 7) / 8) as u8;
+    let n = (64 - len.leading_zeros()).div_ceil(8) as u8;
     out.push((n << 3) | kind);
     out.extend_from_slice(&len.to_be_bytes()[8 - usize::from(n)..]);
     out.extend_from_slice(bytes);

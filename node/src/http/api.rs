@@ -3,8 +3,11 @@
 
 use app::Todo;
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
+use axum::extract::{Query, State};
+use changeset::{Change, DbVersion, SiteId};
+use serde::{Deserialize, Serialize};
+
+use crate::net::NetStatus;
 
 use super::AppState;
 use super::error::JsonError;
@@ -18,11 +21,17 @@ pub struct Health {
     todos: i64,
     version: &'static str,
     crsqlite_version: &'static str,
+    peer_id: String,
+    /// Nodes of this deployment currently connected.
+    peers: usize,
 }
 
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonError> {
     let info = state.with_store(|s| s.info()).await?;
+    let net = state.net.status().await?;
     Ok(Json(Health {
+        peer_id: net.peer_id,
+        peers: net.peers.len(),
         status: "ok",
         node_name: state.node_name.to_string(),
         site_id: info.site_id,
@@ -35,4 +44,46 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonE
 
 pub async fn todos(State(state): State<AppState>) -> Result<Json<Vec<Todo>>, JsonError> {
     Ok(Json(state.with_store(|s| s.list()).await?))
+}
+
+pub async fn peers(State(state): State<AppState>) -> Result<Json<NetStatus>, JsonError> {
+    Ok(Json(state.net.status().await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// Changes above `since`, cut on whole db_versions: what a browser or edge replica pulls.
+#[derive(Debug, Serialize)]
+pub struct ChangesPage {
+    site_id: String,
+    changes: Vec<Change>,
+    /// Everything up to this db_version has been sent: the next `since`.
+    up_to: u64,
+    more: bool,
+}
+
+/// Default and largest page for `GET /api/changes`.
+const CHANGES_PAGE: usize = 5_000;
+
+pub async fn changes(
+    State(state): State<AppState>,
+    Query(query): Query<ChangesQuery>,
+) -> Result<Json<ChangesPage>, JsonError> {
+    let max = query.limit.unwrap_or(CHANGES_PAGE).clamp(1, CHANGES_PAGE);
+    let since = DbVersion(query.since);
+    let (page, up_to) = state
+        .with_store(move |s| s.changes_page(since, max))
+        .await?;
+    Ok(Json(ChangesPage {
+        site_id: SiteId(state.store.site_id()).to_string(),
+        changes: page.changes,
+        up_to: up_to.0,
+        more: page.more,
+    }))
 }

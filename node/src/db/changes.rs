@@ -1,0 +1,239 @@
+//! The replica's side of sync: reading `crsql_changes` (everything since a peer's watermark, or
+//! this node's own new writes for gossip) and merging remote changes into it.
+//!
+//! Merges run in one IMMEDIATE transaction on the writer connection: either every change of a
+//! batch is applied and the source's watermark advanced, or nothing is (cr-sqlite aborts the
+//! whole statement on an unknown table or column, and we roll back on any error).
+
+use changeset::{Change, DbVersion, SiteId, Value};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+
+const CHANGE_COLUMNS: &str = r#""table", pk, cid, val, col_version, db_version, site_id, cl, seq"#;
+
+/// One page of changes, cut on whole db_versions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangePage {
+    pub changes: Vec<Change>,
+    /// True when changes above the last one returned remain.
+    pub more: bool,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// Changes that altered this replica (cr-sqlite's `crsql_rows_impacted()`).
+    pub rows_impacted: i64,
+}
+
+impl Store {
+    /// Changes with `db_version > since`, excluding those that originated at `exclude` (the
+    /// asker's own, which it has), at most `max` unless a single db_version is larger.
+    pub fn changes_since(
+        &self,
+        since: DbVersion,
+        exclude: Option<SiteId>,
+        max: usize,
+    ) -> Result<ChangePage, StoreError> {
+        let conn = self.reader()?;
+        page(&conn.0, since, exclude, max)
+    }
+
+    /// A page for a syncing peer (its own changes left out), and the db_version through which
+    /// it is complete (the peer's next watermark), read in one snapshot so no write can fall
+    /// between the two.
+    pub fn sync_page(
+        &self,
+        since: DbVersion,
+        requester: SiteId,
+        max: usize,
+    ) -> Result<(ChangePage, DbVersion), StoreError> {
+        self.snapshot_page(since, Some(requester), max)
+    }
+
+    /// Like [`Store::sync_page`], with every change (for HTTP clients without a site id yet).
+    pub fn changes_page(
+        &self,
+        since: DbVersion,
+        max: usize,
+    ) -> Result<(ChangePage, DbVersion), StoreError> {
+        self.snapshot_page(since, None, max)
+    }
+
+    fn snapshot_page(
+        &self,
+        since: DbVersion,
+        exclude: Option<SiteId>,
+        max: usize,
+    ) -> Result<(ChangePage, DbVersion), StoreError> {
+        let conn = self.reader()?;
+        let tx = conn.0.unchecked_transaction()?;
+        let page = page(&tx, since, exclude, max)?;
+        let up_to = if page.more {
+            page.changes.last().map_or(since, |c| c.db_version)
+        } else {
+            let current: i64 = tx.query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
+            DbVersion(u64::try_from(current).unwrap_or(0)).max(since)
+        };
+        tx.commit()?;
+        Ok((page, up_to))
+    }
+
+    /// This node's own writes with `db_version > since` (what gossip publishes).
+    pub fn local_changes_since(&self, since: DbVersion) -> Result<Vec<Change>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.0.prepare_cached(&format!(
+            "SELECT {CHANGE_COLUMNS} FROM crsql_changes
+             WHERE db_version > ?1 AND site_id = crsql_site_id() ORDER BY db_version, seq"
+        ))?;
+        let rows = stmt.query_map([since_param(since)], change_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The highest db_version of `source` applied here (0 when never synced).
+    pub fn watermark(&self, source: SiteId) -> Result<DbVersion, StoreError> {
+        let conn = self.reader()?;
+        let v: Option<i64> = conn
+            .0
+            .prepare_cached(
+                "SELECT version FROM crsql_tracked_peers WHERE site_id = ?1 AND tag = 0 AND event = 0",
+            )?
+            .query_row([source.0.to_vec()], |r| r.get(0))
+            .optional()?;
+        Ok(DbVersion(v.map_or(0, |v| u64::try_from(v).unwrap_or(0))))
+    }
+
+    /// Merges `changes` in one transaction. With `watermark = Some((source, v))`, also records
+    /// that everything of `source` up to `v` is now applied, in the same transaction.
+    pub fn merge(
+        &self,
+        changes: &[Change],
+        watermark: Option<(SiteId, DbVersion)>,
+    ) -> Result<MergeOutcome, StoreError> {
+        self.write(false, |tx| {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO crsql_changes ({CHANGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?;
+            for c in changes {
+                insert.execute(params![
+                    c.table,
+                    c.pk,
+                    c.cid,
+                    SqlValue(&c.val),
+                    c.col_version,
+                    since_param(c.db_version),
+                    c.site_id.0.to_vec(),
+                    c.cl,
+                    c.seq,
+                ])?;
+            }
+            if let Some((source, version)) = watermark {
+                tx.prepare_cached(
+                    "INSERT INTO crsql_tracked_peers (site_id, version, seq, tag, event)
+                     VALUES (?1, ?2, 0, 0, 0)
+                     ON CONFLICT (site_id, tag, event) DO UPDATE SET version = max(version, excluded.version)",
+                )?
+                .execute(params![source.0.to_vec(), since_param(version)])?;
+            }
+            let rows_impacted: i64 =
+                tx.query_row("SELECT crsql_rows_impacted()", [], |r| r.get(0))?;
+            Ok(MergeOutcome { rows_impacted })
+        })
+    }
+}
+
+/// Reads one page (see [`Store::changes_since`]) on `conn`.
+fn page(
+    conn: &rusqlite::Connection,
+    since: DbVersion,
+    exclude: Option<SiteId>,
+    max: usize,
+) -> Result<ChangePage, StoreError> {
+    let since = since_param(since);
+    let exclude = exclude.map(|s| s.0.to_vec());
+    let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM crsql_changes
+         WHERE db_version > ?1 AND site_id IS NOT ?2 ORDER BY db_version, seq LIMIT ?3"
+    ))?;
+    let mut changes = stmt
+        .query_map(params![since, exclude, limit], change_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    if changes.len() <= max {
+        return Ok(ChangePage {
+            changes,
+            more: false,
+        });
+    }
+    // Never split a db_version (a transaction) across pages.
+    let cut = changes[max].db_version;
+    if changes[0].db_version == cut {
+        // One transaction is larger than a page: send it whole.
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {CHANGE_COLUMNS} FROM crsql_changes
+             WHERE db_version = ?1 AND site_id IS NOT ?2 ORDER BY seq"
+        ))?;
+        let whole = stmt
+            .query_map(params![since_param(cut), exclude], change_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(ChangePage {
+            changes: whole,
+            more: true,
+        });
+    }
+    changes.retain(|c| c.db_version < cut);
+    Ok(ChangePage {
+        changes,
+        more: true,
+    })
+}
+
+fn since_param(v: DbVersion) -> i64 {
+    i64::try_from(v.0).unwrap_or(i64::MAX)
+}
+
+struct SqlValue<'a>(&'a Value);
+
+impl rusqlite::ToSql for SqlValue<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
+    let val = match row.get_ref(3)? {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    };
+    let site: Vec<u8> = row.get(6)?;
+    let site_id = SiteId(site.try_into().map_err(|v: Vec<u8>| {
+        rusqlite::Error::FromSqlConversionFailure(
+            6,
+            rusqlite::types::Type::Blob,
+            format!("site id of {} bytes", v.len()).into(),
+        )
+    })?);
+    let db_version: i64 = row.get(5)?;
+    Ok(Change {
+        table: row.get(0)?,
+        pk: row.get(1)?,
+        cid: row.get(2)?,
+        val,
+        col_version: row.get(4)?,
+        db_version: DbVersion(u64::try_from(db_version).unwrap_or(0)),
+        site_id,
+        cl: row.get(7)?,
+        seq: row.get(8)?,
+    })
+}

@@ -1,0 +1,838 @@
+//! Replication between nodes over libp2p.
+//!
+//! Tasks and flow:
+//! - **Discovery**: mDNS (when enabled) and BOOTSTRAP_PEERS find nodes; bootstrap peers are
+//!   redialled with exponential backoff while disconnected. Identify tells every new peer's
+//!   deployment (MDNS_SERVICE_NAME, in the identify protocol version) and site id (in the agent
+//!   string); peers of another deployment are disconnected and ignored.
+//! - **Gossip**: when a local write commits, the store bumps a watch channel; the loop reads the
+//!   node's own changes above what it last published and publishes each transaction as one
+//!   message on the deployment's gossipsub topic. Received messages are validated, accepted or
+//!   rejected (which lowers the sender's score), and merged.
+//! - **Anti-entropy**: on identify and every SYNC_INTERVAL_SECS, the node asks each peer for its
+//!   changes above the watermark it keeps for that peer's site, page by page; each page is
+//!   merged and the watermark advanced in the same transaction. This repairs whatever gossip
+//!   missed: restarts, partitions, late joiners.
+//! - **Hostile input** (undecodable bytes, wrong schema, oversized batches, absurd versions)
+//!   is logged, applies nothing, and gets the peer disconnected and banned for a while.
+//!
+//! Database work runs on the blocking pool; results come back to the loop as `Done` messages,
+//! so the swarm is never stalled by SQLite.
+
+pub mod identity;
+pub mod protocol;
+pub mod validate;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use changeset::{Change, DbVersion, SiteId};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::Store;
+use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
+
+/// Changes per sync page: large enough that catching up 100,000 changes takes few round trips,
+/// small enough that one page is a few MiB and one SQLite transaction of well under a second.
+const SYNC_PAGE_CHANGES: u32 = 5_000;
+/// How long a peer that sent hostile input is refused.
+const BAN_DURATION: Duration = Duration::from_secs(60);
+/// Redial backoff for bootstrap peers: doubles from the first value up to the second.
+const REDIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+/// Bounded queues: commands from the HTTP side, and results of database work.
+const COMMAND_QUEUE: usize = 64;
+const DONE_QUEUE: usize = 256;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    sync: request_response::Behaviour<SyncCodec>,
+}
+
+/// What /api/peers shows of a connected node.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    pub addresses: Vec<String>,
+    pub site_id: Option<String>,
+    pub node: Option<String>,
+    /// Seconds since the last completed anti-entropy round with this peer.
+    pub last_sync_secs_ago: Option<u64>,
+    pub watermark: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub peers: Vec<PeerInfo>,
+}
+
+enum Command {
+    Status(oneshot::Sender<NetStatus>),
+}
+
+/// The HTTP side's handle on the network loop.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NetHandle {
+    pub async fn status(&self) -> anyhow::Result<NetStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Status(reply))
+            .await
+            .context("network loop stopped")?;
+        rx.await.context("network loop dropped the request")
+    }
+}
+
+/// Results of blocking work, sent back to the loop.
+enum Done {
+    PublishReady {
+        changes: Vec<Change>,
+        since: DbVersion,
+    },
+    Published {
+        up_to: DbVersion,
+    },
+    PublishFailed,
+    ServeSync(
+        ResponseChannel<SyncResponse>,
+        Result<SyncResponse, String>,
+        PeerId,
+    ),
+    SyncWatermark {
+        peer: PeerId,
+        site: SiteId,
+        since: DbVersion,
+    },
+    SyncMerged {
+        peer: PeerId,
+        site: SiteId,
+        more: bool,
+        up_to: DbVersion,
+        changes: usize,
+        impacted: i64,
+        started: Instant,
+    },
+    MergeFailed {
+        peer: PeerId,
+        error: String,
+    },
+    GossipMerged {
+        peer: PeerId,
+        changes: usize,
+        impacted: i64,
+    },
+}
+
+struct PeerState {
+    addresses: HashSet<Multiaddr>,
+    site: Option<SiteId>,
+    node_name: Option<String>,
+    /// Same deployment (identify said so): only these are synced with.
+    accepted: bool,
+    syncing: Option<OutboundRequestId>,
+    round_started: Option<Instant>,
+    round_changes: usize,
+    last_sync: Option<Instant>,
+    watermark: Option<DbVersion>,
+}
+
+struct Redial {
+    addr: Multiaddr,
+    next_at: Instant,
+    backoff: Duration,
+}
+
+/// Builds the swarm and starts the network loop; returns its handle and task.
+pub fn start(
+    config: &Config,
+    store: Arc<Store>,
+    local_writes: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(NetHandle, tokio::task::JoinHandle<()>)> {
+    let key = identity::load_or_create(&config.data_dir)?;
+    let site = SiteId(store.site_id());
+    let service = config.mdns_service_name.clone();
+    let protocol_version = deployment_tag(&service);
+    let agent = format!(
+        "todo-node/{} site={} name={}",
+        env!("CARGO_PKG_VERSION"),
+        site,
+        config.node_name.replace(' ', "_")
+    );
+    let enable_mdns = config.enable_mdns;
+    let sync_protocol = protocol::sync_protocol(&service);
+
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("TCP transport")?
+        .with_quic()
+        .with_dns()
+        .context("DNS resolver")?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossipsub_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(4 * 1024 * 1024)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()?;
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub_config,
+            )?;
+            gossipsub.subscribe(&changes_topic(&service))?;
+            let mdns = if enable_mdns {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config {
+                        query_interval: Duration::from_secs(5),
+                        ..Default::default()
+                    },
+                    peer_id,
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                identify: identify::Behaviour::new(
+                    identify::Config::new(protocol_version.clone(), key.public())
+                        .with_agent_version(agent),
+                ),
+                ping: ping::Behaviour::default(),
+                gossipsub,
+                mdns: Toggle::from(mdns),
+                sync: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(sync_protocol, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(60)),
+                ),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("building the network behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+
+    for addr in &config.p2p_listen {
+        swarm
+            .listen_on(addr.clone())
+            .with_context(|| format!("P2P_LISTEN: cannot listen on {addr}"))?;
+    }
+    let now = Instant::now();
+    let redials = config
+        .bootstrap_peers
+        .iter()
+        .filter_map(|addr| {
+            let peer = peer_of(addr)?;
+            Some((
+                peer,
+                Redial {
+                    addr: addr.clone(),
+                    next_at: now,
+                    backoff: REDIAL_BACKOFF.0,
+                },
+            ))
+        })
+        .collect();
+
+    let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (done_tx, done) = mpsc::channel(DONE_QUEUE);
+    let last_published = DbVersion(*local_writes.borrow());
+    let event_loop = EventLoop {
+        swarm,
+        store,
+        site,
+        service: config.mdns_service_name.clone(),
+        topic: changes_topic(&config.mdns_service_name),
+        commands,
+        local_writes,
+        last_published,
+        publishing: false,
+        done_tx,
+        done,
+        peers: HashMap::new(),
+        banned: HashMap::new(),
+        redials,
+        sync_interval: Duration::from_secs(config.sync_interval_secs),
+        shutdown,
+    };
+    let task = tokio::spawn(event_loop.run());
+    Ok((
+        NetHandle {
+            commands: commands_tx,
+        },
+        task,
+    ))
+}
+
+fn deployment_tag(service: &str) -> String {
+    format!("/todo-hybrid/{service}/1")
+}
+
+fn changes_topic(service: &str) -> IdentTopic {
+    IdentTopic::new(format!("todo-hybrid/{service}/changes/1"))
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+/// Reads `site=<hex>` and `name=<name>` from a peer's identify agent string.
+fn parse_agent(agent: &str) -> (Option<SiteId>, Option<String>) {
+    let mut site = None;
+    let mut name = None;
+    for part in agent.split_whitespace() {
+        if let Some(hex) = part.strip_prefix("site=") {
+            site = hex.parse().ok();
+        } else if let Some(n) = part.strip_prefix("name=") {
+            name = Some(n.to_owned());
+        }
+    }
+    (site, name)
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    store: Arc<Store>,
+    site: SiteId,
+    service: String,
+    topic: IdentTopic,
+    commands: mpsc::Receiver<Command>,
+    local_writes: watch::Receiver<u64>,
+    last_published: DbVersion,
+    publishing: bool,
+    done_tx: mpsc::Sender<Done>,
+    done: mpsc::Receiver<Done>,
+    peers: HashMap<PeerId, PeerState>,
+    banned: HashMap<PeerId, Instant>,
+    redials: HashMap<PeerId, Redial>,
+    sync_interval: Duration,
+    shutdown: CancellationToken,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut writes_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                Some(done) = self.done.recv() => self.on_done(done),
+                changed = self.local_writes.changed(), if writes_open => match changed {
+                    Ok(()) => self.publish_local_changes(),
+                    Err(_) => writes_open = false,
+                },
+                Some(command) = self.commands.recv() => self.on_command(command),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::info!("network loop stopped");
+    }
+
+    fn spawn_db<F>(&self, work: F)
+    where
+        F: FnOnce(&Store) -> Done + Send + 'static,
+    {
+        let store = self.store.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(result) = tokio::task::spawn_blocking(move || work(&store)).await {
+                // The loop may have stopped; nothing to report to then.
+                let _ = done.send(result).await;
+            }
+        });
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let peers = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.accepted)
+                    .map(|(id, p)| PeerInfo {
+                        peer_id: id.to_string(),
+                        addresses: p.addresses.iter().map(ToString::to_string).collect(),
+                        site_id: p.site.map(|s| s.to_string()),
+                        node: p.node_name.clone(),
+                        last_sync_secs_ago: p.last_sync.map(|t| t.elapsed().as_secs()),
+                        watermark: p.watermark.map(|w| w.0),
+                    })
+                    .collect();
+                let _ = reply.send(NetStatus {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+                    peers,
+                });
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.banned.retain(|_, until| *until > now);
+        let due: Vec<(PeerId, Multiaddr)> = self
+            .redials
+            .iter()
+            .filter(|(peer, r)| r.next_at <= now && !self.swarm.is_connected(peer))
+            .map(|(peer, r)| (*peer, r.addr.clone()))
+            .collect();
+        for (peer, addr) in due {
+            tracing::debug!(%peer, %addr, "dialing bootstrap peer");
+            if let Err(error) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%peer, %addr, %error, "dial failed");
+            }
+            if let Some(r) = self.redials.get_mut(&peer) {
+                r.next_at = now + r.backoff;
+                r.backoff = (r.backoff * 2).min(REDIAL_BACKOFF.1);
+            }
+        }
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.accepted
+                    && p.syncing.is_none()
+                    && p.round_started.is_none()
+                    && p.last_sync
+                        .is_none_or(|t| t.elapsed() >= self.sync_interval)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in due {
+            self.begin_sync_round(peer);
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if self.banned.contains_key(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                let state = self.peers.entry(peer_id).or_insert_with(|| PeerState {
+                    addresses: HashSet::new(),
+                    site: None,
+                    node_name: None,
+                    accepted: false,
+                    syncing: None,
+                    round_started: None,
+                    round_changes: 0,
+                    last_sync: None,
+                    watermark: None,
+                });
+                state
+                    .addresses
+                    .insert(endpoint.get_remote_address().clone());
+                if let Some(r) = self.redials.get_mut(&peer_id) {
+                    r.backoff = REDIAL_BACKOFF.0;
+                }
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0
+                    && let Some(p) = self.peers.remove(&peer_id)
+                {
+                    if p.accepted {
+                        tracing::info!(%peer_id, node = ?p.node_name, "peer disconnected");
+                    }
+                    if let Some(r) = self.redials.get_mut(&peer_id) {
+                        r.next_at = Instant::now() + r.backoff;
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id()
+                        || self.banned.contains_key(&peer)
+                        || self.swarm.is_connected(&peer)
+                    {
+                        continue;
+                    }
+                    tracing::info!(%peer, %addr, "discovered by mDNS");
+                    if let Err(error) = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a)) {
+                        tracing::debug!(%peer, %error, "dial after mDNS failed");
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, info);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_identified(&mut self, peer_id: PeerId, info: identify::Info) {
+        let ours = deployment_tag(&self.service);
+        if info.protocol_version != ours {
+            tracing::info!(%peer_id, theirs = %info.protocol_version, %ours, "peer belongs to another deployment; disconnecting");
+            self.banned.insert(peer_id, Instant::now() + BAN_DURATION);
+            let _ = self.swarm.disconnect_peer_id(peer_id);
+            return;
+        }
+        let (site, name) = parse_agent(&info.agent_version);
+        let Some(state) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let newly = !state.accepted;
+        state.accepted = true;
+        state.site = site;
+        state.node_name = name;
+        if newly {
+            tracing::info!(%peer_id, node = ?state.node_name, site = ?state.site.map(|s| s.to_string()), "peer joined");
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .add_explicit_peer(&peer_id);
+            self.begin_sync_round(peer_id);
+        }
+    }
+
+    /// Starts an anti-entropy round: look up the watermark for the peer's site, then ask.
+    fn begin_sync_round(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.syncing.is_some() || state.round_started.is_some() {
+            return;
+        }
+        state.round_started = Some(Instant::now());
+        state.round_changes = 0;
+        match state.site {
+            Some(site) => self.spawn_db(move |store| match store.watermark(site) {
+                Ok(since) => Done::SyncWatermark { peer, site, since },
+                Err(e) => Done::MergeFailed {
+                    peer,
+                    error: format!("reading watermark: {e}"),
+                },
+            }),
+            // A peer that did not say its site id: pull everything (merging is idempotent).
+            None => self.request_page(peer, DbVersion(0)),
+        }
+    }
+
+    fn request_page(&mut self, peer: PeerId, since: DbVersion) {
+        let request = SyncRequest {
+            requester: self.site,
+            since,
+            max_changes: SYNC_PAGE_CHANGES,
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.syncing = Some(id);
+        }
+    }
+
+    fn on_sync_event(&mut self, event: request_response::Event<SyncRequest, SyncResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let accepted = self.peers.get(&peer).is_some_and(|p| p.accepted);
+                    if !accepted {
+                        tracing::debug!(%peer, "sync request before identify; dropped");
+                        return;
+                    }
+                    let site = self.site;
+                    let max = (request.max_changes as usize).min(validate::MAX_CHANGES_PER_BATCH);
+                    self.spawn_db(move |store| {
+                        let response = store
+                            .sync_page(request.since, request.requester, max)
+                            .map(|(page, up_to)| SyncResponse {
+                                site_id: site,
+                                changes: page.changes,
+                                up_to,
+                                more: page.more,
+                            })
+                            .map_err(|e| e.to_string());
+                        Done::ServeSync(channel, response, peer)
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    self.on_sync_response(peer, request_id, response);
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::warn!(%peer, %error, "sync request failed");
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.syncing = None;
+                    state.round_started = None;
+                    state.last_sync = Some(Instant::now());
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "serving a sync request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_sync_response(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        response: SyncResponse,
+    ) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.syncing != Some(request_id) {
+            return;
+        }
+        state.syncing = None;
+        if state.site.is_some_and(|s| s != response.site_id) {
+            self.penalise(
+                peer,
+                "sync response from a site other than the one it identified as",
+            );
+            return;
+        }
+        state.site = Some(response.site_id);
+        if let Err(error) = validate::validate(&response.changes) {
+            self.penalise(peer, &format!("invalid sync page: {error}"));
+            return;
+        }
+        let started = state.round_started.unwrap_or_else(Instant::now);
+        let site = response.site_id;
+        let count = response.changes.len();
+        let (more, up_to) = (response.more, response.up_to);
+        self.spawn_db(
+            move |store| match store.merge(&response.changes, Some((site, up_to))) {
+                Ok(outcome) => Done::SyncMerged {
+                    peer,
+                    site,
+                    more,
+                    up_to,
+                    changes: count,
+                    impacted: outcome.rows_impacted,
+                    started,
+                },
+                Err(e) => Done::MergeFailed {
+                    peer,
+                    error: e.to_string(),
+                },
+            },
+        );
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let decoded = protocol::decode_gossip(&message.data)
+            .map_err(|e| e.to_string())
+            .and_then(|m| {
+                validate::validate(&m.changes)
+                    .map(|()| m)
+                    .map_err(|e| e.to_string())
+            });
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        match decoded {
+            Ok(GossipMessage { changes }) => {
+                gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
+                let count = changes.len();
+                self.spawn_db(move |store| match store.merge(&changes, None) {
+                    Ok(outcome) => Done::GossipMerged {
+                        peer: source,
+                        changes: count,
+                        impacted: outcome.rows_impacted,
+                    },
+                    Err(e) => Done::MergeFailed {
+                        peer: source,
+                        error: e.to_string(),
+                    },
+                });
+            }
+            Err(error) => {
+                gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
+                self.penalise(source, &format!("invalid gossip message: {error}"));
+            }
+        }
+    }
+
+    fn penalise(&mut self, peer: PeerId, reason: &str) {
+        tracing::warn!(%peer, %reason, "rejected input from peer; disconnecting and banning for {}s", BAN_DURATION.as_secs());
+        self.banned.insert(peer, Instant::now() + BAN_DURATION);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        self.peers.remove(&peer);
+    }
+
+    fn publish_local_changes(&mut self) {
+        if self.publishing {
+            return; // the running publication re-checks when it finishes
+        }
+        self.publishing = true;
+        let since = self.last_published;
+        // Reading happens off the loop; publishing needs the swarm, so it comes back as Done.
+        self.spawn_db(move |store| match store.local_changes_since(since) {
+            Ok(changes) => Done::PublishReady { changes, since },
+            Err(e) => {
+                tracing::warn!(error = %e, "reading local changes for gossip");
+                Done::PublishFailed
+            }
+        });
+    }
+
+    /// Publishes each transaction (db_version) as one message. With no peer subscribed the
+    /// publish fails; that is fine, anti-entropy delivers the changes when a peer appears.
+    fn publish(&mut self, changes: Vec<Change>, since: DbVersion) {
+        let mut up_to = since;
+        for transaction in changes.chunk_by(|a, b| a.db_version == b.db_version) {
+            let version = transaction[0].db_version;
+            let bytes = protocol::encode_gossip(&GossipMessage {
+                changes: transaction.to_vec(),
+            });
+            let topic = self.topic.clone();
+            match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                Ok(_) => tracing::debug!(
+                    db_version = version.0,
+                    changes = transaction.len(),
+                    "published"
+                ),
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                Err(error) => {
+                    tracing::warn!(%error, db_version = version.0, "gossip publish failed")
+                }
+            }
+            up_to = up_to.max(version);
+        }
+        self.on_done(Done::Published { up_to });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Published { up_to } => {
+                self.last_published = self.last_published.max(up_to);
+                self.publishing = false;
+                if self.local_writes.has_changed().unwrap_or(false) {
+                    self.publish_local_changes();
+                }
+            }
+            Done::PublishReady { changes, since } => self.publish(changes, since),
+            Done::PublishFailed => self.publishing = false,
+            Done::ServeSync(channel, response, peer) => match response {
+                Ok(response) => {
+                    tracing::debug!(%peer, changes = response.changes.len(), more = response.more, "serving sync page");
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "peer went away before its sync page was sent");
+                    }
+                }
+                Err(error) => tracing::error!(%peer, %error, "reading changes for a peer failed"),
+            },
+            Done::SyncWatermark { peer, site, since } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.watermark = Some(since);
+                    let _ = site;
+                }
+                self.request_page(peer, since);
+            }
+            Done::SyncMerged {
+                peer,
+                site,
+                more,
+                up_to,
+                changes,
+                impacted,
+                started,
+            } => {
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                state.watermark = Some(up_to);
+                state.round_changes += changes;
+                if more {
+                    self.request_page(peer, up_to);
+                    return;
+                }
+                state.round_started = None;
+                state.last_sync = Some(Instant::now());
+                let total = state.round_changes;
+                if total > 0 {
+                    tracing::info!(%peer, node = ?state.node_name, %site, changes = total, impacted, up_to = up_to.0, duration_ms = started.elapsed().as_millis() as u64, "sync round");
+                } else {
+                    tracing::debug!(%peer, %site, up_to = up_to.0, duration_ms = started.elapsed().as_millis() as u64, "sync round: up to date");
+                }
+            }
+            Done::MergeFailed { peer, error } => {
+                tracing::error!(%peer, %error, "merging changes failed; nothing was applied");
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.syncing = None;
+                    state.round_started = None;
+                    state.last_sync = Some(Instant::now());
+                }
+            }
+            Done::GossipMerged {
+                peer,
+                changes,
+                impacted,
+            } => {
+                tracing::debug!(%peer, changes, impacted, "merged gossip");
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What nodes say to each other, and its encoding on the wire.
+//!
+//! Two channels: gossip (`GossipMessage`, pushed to every node on the deployment's topic as
+//! soon as a local transaction commits) and sync (`SyncRequest` → `SyncResponse`, a pull of
+//! everything above the asker's watermark, page by page). Both carry changes in the binary
+//! change-batch format of `crates/changeset`; the envelope starts with a version byte so a
+//! future format can be told apart and refused with a clear error instead of misread.
+
+use std::io;
+
+use changeset::{Change, DbVersion, SiteId};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+/// Envelope version of every message below.
+const WIRE_V1: u8 = 1;
+/// Largest sync message read from a stream: a full page with the longest titles fits.
+pub const MAX_SYNC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// New local changes: one committed transaction (one db_version) of the publishing node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipMessage {
+    pub changes: Vec<Change>,
+}
+
+/// "Send me your changes above `since` that did not originate at `requester`."
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncRequest {
+    pub requester: SiteId,
+    pub since: DbVersion,
+    pub max_changes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncResponse {
+    /// The responder's site id: the watermark is kept per source site.
+    pub site_id: SiteId,
+    pub changes: Vec<Change>,
+    /// Everything of the responder up to this db_version is in this and earlier pages: the
+    /// asker's new watermark once it has applied the page.
+    pub up_to: DbVersion,
+    /// More pages follow: ask again with `since = up_to`.
+    pub more: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("wire version {0} is not supported (this node speaks {WIRE_V1})")]
+    Version(u8),
+    #[error("message truncated")]
+    Truncated,
+    #[error("change batch: {0}")]
+    Changes(#[from] changeset::WireError),
+}
+
+pub fn encode_gossip(m: &GossipMessage) -> Vec<u8> {
+    let mut out = vec![WIRE_V1];
+    out.extend(changeset::encode_changes(&m.changes));
+    out
+}
+
+pub fn decode_gossip(bytes: &[u8]) -> Result<GossipMessage, DecodeError> {
+    let body = strip_version(bytes)?;
+    Ok(GossipMessage {
+        changes: changeset::decode_changes(body)?,
+    })
+}
+
+pub fn encode_request(r: &SyncRequest) -> Vec<u8> {
+    let mut out = vec![WIRE_V1];
+    out.extend_from_slice(&r.requester.0);
+    out.extend_from_slice(&r.since.0.to_be_bytes());
+    out.extend_from_slice(&r.max_changes.to_be_bytes());
+    out
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, DecodeError> {
+    let body = strip_version(bytes)?;
+    if body.len() != 16 + 8 + 4 {
+        return Err(DecodeError::Truncated);
+    }
+    let (site, rest) = body.split_at(16);
+    let (since, max) = rest.split_at(8);
+    Ok(SyncRequest {
+        requester: SiteId(site.try_into().map_err(|_| DecodeError::Truncated)?),
+        since: DbVersion(u64::from_be_bytes(
+            since.try_into().map_err(|_| DecodeError::Truncated)?,
+        )),
+        max_changes: u32::from_be_bytes(max.try_into().map_err(|_| DecodeError::Truncated)?),
+    })
+}
+
+pub fn encode_response(r: &SyncResponse) -> Vec<u8> {
+    let mut out = vec![WIRE_V1];
+    out.extend_from_slice(&r.site_id.0);
+    out.extend_from_slice(&r.up_to.0.to_be_bytes());
+    out.push(u8::from(r.more));
+    out.extend(changeset::encode_changes(&r.changes));
+    out
+}
+
+pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse, DecodeError> {
+    let body = strip_version(bytes)?;
+    if body.len() < 16 + 8 + 1 {
+        return Err(DecodeError::Truncated);
+    }
+    let (site, rest) = body.split_at(16);
+    let (up_to, rest) = rest.split_at(8);
+    let (more, changes) = rest.split_at(1);
+    Ok(SyncResponse {
+        site_id: SiteId(site.try_into().map_err(|_| DecodeError::Truncated)?),
+        up_to: DbVersion(u64::from_be_bytes(
+            up_to.try_into().map_err(|_| DecodeError::Truncated)?,
+        )),
+        more: more[0] != 0,
+        changes: changeset::decode_changes(changes)?,
+    })
+}
+
+fn strip_version(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    match bytes.split_first() {
+        None => Err(DecodeError::Empty),
+        Some((&WIRE_V1, body)) => Ok(body),
+        Some((&v, _)) => Err(DecodeError::Version(v)),
+    }
+}
+
+/// The sync protocol's libp2p codec: each message is a u32 big-endian length and the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct SyncCodec;
+
+/// The sync protocol id names the deployment, so nodes of another deployment never sync.
+pub fn sync_protocol(service_name: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/todo-hybrid/{service_name}/sync/1"))
+        .unwrap_or(StreamProtocol::new("/todo-hybrid/sync/1"))
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_SYNC_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sync message of {len} bytes is over the {MAX_SYNC_MESSAGE_BYTES}-byte limit"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+fn invalid(e: DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_request(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_response(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode_request(&req)).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode_response(&res)).await
+    }
+}
