@@ -383,7 +383,12 @@ async fn crsql_changes_hold_the_expected_rows_after_writes() {
     let node = TestNode::start(dir.path()).await;
     let kept = add(&node, "kept").await; // db_version 1
     let gone = add(&node, "gone").await; // 2
-    post_form(&node, &format!("/todos/{kept}/toggle"), &[("completed", "1")]).await; // 3
+    post_form(
+        &node,
+        &format!("/todos/{kept}/toggle"),
+        &[("completed", "1")],
+    )
+    .await; // 3
     post_form(&node, &format!("/todos/{gone}/delete"), &[]).await; // 4
 
     let page = changes(&node, "since=0").await;
@@ -396,7 +401,11 @@ async fn crsql_changes_hold_the_expected_rows_after_writes() {
         .iter()
         .map(|c| {
             assert_eq!(c["table"], "todos");
-            assert_eq!(c["site_id"], site.as_str(), "local writes carry our site id");
+            assert_eq!(
+                c["site_id"],
+                site.as_str(),
+                "local writes carry our site id"
+            );
             (
                 c["pk"].as_str().expect("pk").to_owned(),
                 c["cid"].as_str().expect("cid").to_owned(),
@@ -410,17 +419,41 @@ async fn crsql_changes_hold_the_expected_rows_after_writes() {
     let (k, g) = (pk_of(&kept), pk_of(&gone));
     let expected = vec![
         // The insert of "kept": one change per column, col_version 1, no sentinel.
-        (k.clone(), "title".into(), serde_json::json!(["text", "kept"]), 1, 1, 1),
+        (
+            k.clone(),
+            "title".into(),
+            serde_json::json!(["text", "kept"]),
+            1,
+            1,
+            1,
+        ),
         (k.clone(), "created_at".into(), Value::Null, 1, 1, 1),
         // The toggle: only the changed column, col_version 2.
-        (k.clone(), "completed".into(), serde_json::json!(["integer", 1]), 2, 3, 1),
+        (
+            k.clone(),
+            "completed".into(),
+            serde_json::json!(["integer", 1]),
+            2,
+            3,
+            1,
+        ),
         // The delete of "gone": only its sentinel remains, causal length 2.
-        (g.clone(), "-1".into(), serde_json::json!(["null", null]), 2, 4, 2),
+        (
+            g.clone(),
+            "-1".into(),
+            serde_json::json!(["null", null]),
+            2,
+            4,
+            2,
+        ),
     ];
     // created_at's value is a timestamp: compare its type only.
     assert_eq!(rows.len(), expected.len(), "{rows:#?}");
     for (row, want) in rows.iter().zip(&expected) {
-        assert_eq!((&row.0, &row.1, row.3, row.4, row.5), (&want.0, &want.1, want.3, want.4, want.5));
+        assert_eq!(
+            (&row.0, &row.1, row.3, row.4, row.5),
+            (&want.0, &want.1, want.3, want.4, want.5)
+        );
         if want.1 == "created_at" {
             assert_eq!(row.2[0], "integer");
         } else {

@@ -119,3 +119,64 @@ pub async fn add(node: &TestNode, title: &str) -> String {
         .and_then(|t| t["id"].as_str().map(str::to_owned))
         .expect("added todo is listed")
 }
+
+/// The node's libp2p address for others to bootstrap from (`/ip4/…/tcp/…/p2p/<id>`).
+pub async fn p2p_addr(node: &TestNode) -> String {
+    let status: serde_json::Value = client()
+        .get(node.url("/api/peers"))
+        .send()
+        .await
+        .expect("peers")
+        .json()
+        .await
+        .expect("json");
+    let addr = status["listen_addrs"][0]
+        .as_str()
+        .expect("a listen address");
+    format!(
+        "{addr}/p2p/{}",
+        status["peer_id"].as_str().expect("peer id")
+    )
+}
+
+/// A node config for replication tests: loopback p2p on a free port, quick anti-entropy.
+pub fn p2p_config(data_dir: &Path, name: &str, bootstrap: &[String]) -> Config {
+    let mut c = Config::with_data_dir(data_dir);
+    c.node_name = name.to_owned();
+    c.sync_interval_secs = 1;
+    c.bootstrap_peers = bootstrap
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
+    c
+}
+
+/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Titles of the node's todos, sorted.
+pub async fn titles(node: &TestNode) -> Vec<String> {
+    let mut t: Vec<String> = todos(node)
+        .await
+        .iter()
+        .filter_map(|t| t["title"].as_str().map(str::to_owned))
+        .collect();
+    t.sort();
+    t
+}
