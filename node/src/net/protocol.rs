@@ -207,3 +207,62 @@ impl libp2p::request_response::Codec for SyncCodec {
         write_frame(io, &encode_response(&res)).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use changeset::{Value, pack_columns};
+
+    use super::*;
+
+    fn change(title: &str) -> Change {
+        Change {
+            table: "todos".into(),
+            pk: pack_columns(&[Value::Text("id".into())]).expect("pk"),
+            cid: "title".into(),
+            val: Value::Text(title.into()),
+            col_version: 2,
+            db_version: DbVersion(7),
+            site_id: SiteId([3; 16]),
+            cl: 1,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let gossip = GossipMessage {
+            changes: vec![change("a"), change("b")],
+        };
+        assert_eq!(decode_gossip(&encode_gossip(&gossip)).expect("gossip"), gossip);
+        let request = SyncRequest {
+            requester: SiteId([9; 16]),
+            since: DbVersion(u64::MAX - 1),
+            max_changes: 5_000,
+        };
+        assert_eq!(decode_request(&encode_request(&request)).expect("request"), request);
+        let response = SyncResponse {
+            site_id: SiteId([4; 16]),
+            changes: vec![change("c")],
+            up_to: DbVersion(7),
+            more: true,
+        };
+        assert_eq!(decode_response(&encode_response(&response)).expect("response"), response);
+    }
+
+    #[test]
+    fn garbage_and_other_versions_are_errors() {
+        assert!(matches!(decode_gossip(&[]), Err(DecodeError::Empty)));
+        assert!(matches!(decode_gossip(&[2, 1, 0, 0, 0]), Err(DecodeError::Version(2))));
+        assert!(matches!(decode_gossip(&[1, 0xFF]), Err(DecodeError::Changes(_))));
+        assert!(matches!(decode_request(&[1, 0, 0]), Err(DecodeError::Truncated)));
+        let bytes = encode_response(&SyncResponse {
+            site_id: SiteId([4; 16]),
+            changes: vec![change("c")],
+            up_to: DbVersion(7),
+            more: false,
+        });
+        for cut in 1..bytes.len() {
+            assert!(decode_response(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}

@@ -103,3 +103,85 @@ fn describe(v: &Value) -> String {
         Value::Blob(b) => format!("BLOB of {} bytes", b.len()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use changeset::{DbVersion, SiteId, pack_columns};
+
+    use super::*;
+
+    fn good(cid: &str, val: Value) -> Change {
+        Change {
+            table: "todos".into(),
+            pk: pack_columns(&[Value::Text("0190a0b0-0000-7000-8000-000000000001".into())])
+                .expect("pk"),
+            cid: cid.into(),
+            val,
+            col_version: 1,
+            db_version: DbVersion(1),
+            site_id: SiteId([1; 16]),
+            cl: 1,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn well_formed_changes_pass() {
+        let batch = [
+            good("title", Value::Text("milk".into())),
+            good("completed", Value::Integer(1)),
+            good("created_at", Value::Integer(1_700_000_000_000)),
+            good("-1", Value::Null),
+        ];
+        assert_eq!(validate(&batch), Ok(()));
+    }
+
+    #[test]
+    fn wrong_schema_is_rejected() {
+        let mut c = good("title", Value::Text("x".into()));
+        c.table = "users".into();
+        assert!(matches!(validate(&[c]), Err(InvalidChange::UnknownTable(_))));
+        let c = good("priority", Value::Integer(1));
+        assert!(matches!(validate(&[c]), Err(InvalidChange::UnknownColumn(_))));
+        for (cid, val) in [
+            ("title", Value::Null),
+            ("title", Value::Integer(5)),
+            ("title", Value::Text("x".repeat(2_001))),
+            ("completed", Value::Integer(2)),
+            ("completed", Value::Text("1".into())),
+            ("created_at", Value::Real(1.0)),
+            ("-1", Value::Integer(1)),
+        ] {
+            assert!(
+                matches!(validate(&[good(cid, val.clone())]), Err(InvalidChange::BadValue { .. })),
+                "{cid} = {val:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_or_mistyped_keys_are_rejected() {
+        let mut c = good("title", Value::Text("x".into()));
+        c.pk = vec![1, 0x0B, 9];
+        assert!(matches!(validate(&[c.clone()]), Err(InvalidChange::BadPk(_))));
+        c.pk = pack_columns(&[Value::Integer(5)]).expect("pk");
+        assert!(matches!(validate(&[c.clone()]), Err(InvalidChange::BadPk(_))));
+        c.pk = pack_columns(&[Value::Text("a".into()), Value::Text("b".into())]).expect("pk");
+        assert!(matches!(validate(&[c]), Err(InvalidChange::BadPk(_))));
+    }
+
+    #[test]
+    fn absurd_versions_and_oversized_batches_are_rejected() {
+        let mut c = good("title", Value::Text("x".into()));
+        c.db_version = DbVersion(u64::MAX);
+        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "db_version", .. })));
+        let mut c = good("title", Value::Text("x".into()));
+        c.col_version = 0;
+        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "col_version", .. })));
+        let mut c = good("title", Value::Text("x".into()));
+        c.cl = MAX_COUNTER + 1;
+        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "cl", .. })));
+        let batch = vec![good("title", Value::Text("x".into())); MAX_CHANGES_PER_BATCH + 1];
+        assert_eq!(validate(&batch), Err(InvalidChange::TooMany(MAX_CHANGES_PER_BATCH + 1)));
+    }
+}
