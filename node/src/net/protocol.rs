@@ -233,28 +233,46 @@ mod tests {
         let gossip = GossipMessage {
             changes: vec![change("a"), change("b")],
         };
-        assert_eq!(decode_gossip(&encode_gossip(&gossip)).expect("gossip"), gossip);
+        assert_eq!(
+            decode_gossip(&encode_gossip(&gossip)).expect("gossip"),
+            gossip
+        );
         let request = SyncRequest {
             requester: SiteId([9; 16]),
             since: DbVersion(u64::MAX - 1),
             max_changes: 5_000,
         };
-        assert_eq!(decode_request(&encode_request(&request)).expect("request"), request);
+        assert_eq!(
+            decode_request(&encode_request(&request)).expect("request"),
+            request
+        );
         let response = SyncResponse {
             site_id: SiteId([4; 16]),
             changes: vec![change("c")],
             up_to: DbVersion(7),
             more: true,
         };
-        assert_eq!(decode_response(&encode_response(&response)).expect("response"), response);
+        assert_eq!(
+            decode_response(&encode_response(&response)).expect("response"),
+            response
+        );
     }
 
     #[test]
     fn garbage_and_other_versions_are_errors() {
         assert!(matches!(decode_gossip(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(decode_gossip(&[2, 1, 0, 0, 0]), Err(DecodeError::Version(2))));
-        assert!(matches!(decode_gossip(&[1, 0xFF]), Err(DecodeError::Changes(_))));
-        assert!(matches!(decode_request(&[1, 0, 0]), Err(DecodeError::Truncated)));
+        assert!(matches!(
+            decode_gossip(&[2, 1, 0, 0, 0]),
+            Err(DecodeError::Version(2))
+        ));
+        assert!(matches!(
+            decode_gossip(&[1, 0xFF]),
+            Err(DecodeError::Changes(_))
+        ));
+        assert!(matches!(
+            decode_request(&[1, 0, 0]),
+            Err(DecodeError::Truncated)
+        ));
         let bytes = encode_response(&SyncResponse {
             site_id: SiteId([4; 16]),
             changes: vec![change("c")],

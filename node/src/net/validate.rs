@@ -140,9 +140,15 @@ mod tests {
     fn wrong_schema_is_rejected() {
         let mut c = good("title", Value::Text("x".into()));
         c.table = "users".into();
-        assert!(matches!(validate(&[c]), Err(InvalidChange::UnknownTable(_))));
+        assert!(matches!(
+            validate(&[c]),
+            Err(InvalidChange::UnknownTable(_))
+        ));
         let c = good("priority", Value::Integer(1));
-        assert!(matches!(validate(&[c]), Err(InvalidChange::UnknownColumn(_))));
+        assert!(matches!(
+            validate(&[c]),
+            Err(InvalidChange::UnknownColumn(_))
+        ));
         for (cid, val) in [
             ("title", Value::Null),
             ("title", Value::Integer(5)),
@@ -153,7 +159,10 @@ mod tests {
             ("-1", Value::Integer(1)),
         ] {
             assert!(
-                matches!(validate(&[good(cid, val.clone())]), Err(InvalidChange::BadValue { .. })),
+                matches!(
+                    validate(&[good(cid, val.clone())]),
+                    Err(InvalidChange::BadValue { .. })
+                ),
                 "{cid} = {val:?}"
             );
         }
@@ -163,9 +172,15 @@ mod tests {
     fn malformed_or_mistyped_keys_are_rejected() {
         let mut c = good("title", Value::Text("x".into()));
         c.pk = vec![1, 0x0B, 9];
-        assert!(matches!(validate(&[c.clone()]), Err(InvalidChange::BadPk(_))));
+        assert!(matches!(
+            validate(&[c.clone()]),
+            Err(InvalidChange::BadPk(_))
+        ));
         c.pk = pack_columns(&[Value::Integer(5)]).expect("pk");
-        assert!(matches!(validate(&[c.clone()]), Err(InvalidChange::BadPk(_))));
+        assert!(matches!(
+            validate(&[c.clone()]),
+            Err(InvalidChange::BadPk(_))
+        ));
         c.pk = pack_columns(&[Value::Text("a".into()), Value::Text("b".into())]).expect("pk");
         assert!(matches!(validate(&[c]), Err(InvalidChange::BadPk(_))));
     }
@@ -174,14 +189,32 @@ mod tests {
     fn absurd_versions_and_oversized_batches_are_rejected() {
         let mut c = good("title", Value::Text("x".into()));
         c.db_version = DbVersion(u64::MAX);
-        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "db_version", .. })));
+        assert!(matches!(
+            validate(&[c]),
+            Err(InvalidChange::OutOfRange {
+                field: "db_version",
+                ..
+            })
+        ));
         let mut c = good("title", Value::Text("x".into()));
         c.col_version = 0;
-        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "col_version", .. })));
+        assert!(matches!(
+            validate(&[c]),
+            Err(InvalidChange::OutOfRange {
+                field: "col_version",
+                ..
+            })
+        ));
         let mut c = good("title", Value::Text("x".into()));
         c.cl = MAX_COUNTER + 1;
-        assert!(matches!(validate(&[c]), Err(InvalidChange::OutOfRange { field: "cl", .. })));
+        assert!(matches!(
+            validate(&[c]),
+            Err(InvalidChange::OutOfRange { field: "cl", .. })
+        ));
         let batch = vec![good("title", Value::Text("x".into())); MAX_CHANGES_PER_BATCH + 1];
-        assert_eq!(validate(&batch), Err(InvalidChange::TooMany(MAX_CHANGES_PER_BATCH + 1)));
+        assert_eq!(
+            validate(&batch),
+            Err(InvalidChange::TooMany(MAX_CHANGES_PER_BATCH + 1))
+        );
     }
 }
