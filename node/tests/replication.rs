@@ -12,7 +12,8 @@ const CONVERGE: Duration = Duration::from_secs(30);
 async fn three_nodes(dirs: &[tempfile::TempDir; 3]) -> [TestNode; 3] {
     let a = TestNode::start_with(p2p_config(dirs[0].path(), "a", &[])).await;
     let seed = p2p_addr(&a).await;
-    let b = TestNode::start_with(p2p_config(dirs[1].path(), "b", &[seed.clone()])).await;
+    let b =
+        TestNode::start_with(p2p_config(dirs[1].path(), "b", std::slice::from_ref(&seed))).await;
     let c = TestNode::start_with(p2p_config(dirs[2].path(), "c", &[seed])).await;
     [a, b, c]
 }
