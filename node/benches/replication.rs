@@ -1,0 +1,220 @@
+//! Benchmark: replication between two `todo-node` processes on loopback.
+//!
+//! 1. Propagation: node A takes 200 writes, one at a time; for each, the time until node B
+//!    reports it (B's /health todo count, polled every millisecond) — p50/p99/max.
+//! 2. Catch-up: node B is stopped, A takes writes making 100,000 changes (33,334 todos × 3
+//!    columns), B is restarted and the time until it holds all of them is measured.
+//!
+//! cargo bench -p todo-node --bench replication [-- --changes 100000 --save f.json --compare f.json]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Node {
+    child: Child,
+    http: u16,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -> Node {
+    let http = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_todo-node"));
+    cmd.env("PORT", http.to_string())
+        .env("DATA_DIR", dir)
+        .env("NODE_NAME", name)
+        .env("P2P_LISTEN", format!("/ip4/127.0.0.1/tcp/{p2p}"))
+        .env("SYNC_INTERVAL_SECS", "1")
+        .env("LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(b) = bootstrap {
+        cmd.env("BOOTSTRAP_PEERS", b);
+    }
+    Node {
+        child: cmd.spawn().expect("start todo-node"),
+        http,
+    }
+}
+
+async fn health(client: &reqwest::Client, node: &Node) -> Option<Value> {
+    client
+        .get(format!("http://127.0.0.1:{}/health", node.http))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < timeout, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let mut changes_target = 100_000usize;
+    let (mut save, mut compare) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--changes" => {
+                changes_target = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(changes_target)
+            }
+            "--save" => save = args.next(),
+            "--compare" => compare = args.next(),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let (p2p_a, p2p_b) = (free_port(), free_port());
+    let a = start(&dir.path().join("a"), "a", p2p_a, None);
+    wait_until("a healthy", Duration::from_secs(30), async || {
+        health(&client, &a).await.is_some()
+    })
+    .await;
+    let a_id = health(&client, &a).await.expect("health")["peer_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let seed = format!("/ip4/127.0.0.1/tcp/{p2p_a}/p2p/{a_id}");
+    let mut b = start(&dir.path().join("b"), "b", p2p_b, Some(&seed));
+    wait_until("b connected to a", Duration::from_secs(30), async || {
+        health(&client, &b).await.is_some_and(|h| h["peers"] == 1)
+    })
+    .await;
+
+    // 1. Propagation latency of single writes.
+    let mut latencies = Vec::new();
+    for i in 0..200 {
+        let before = health(&client, &b).await.expect("health")["todos"]
+            .as_i64()
+            .expect("count");
+        let t = Instant::now();
+        let r = client
+            .post(format!("http://127.0.0.1:{}/todos", a.http))
+            .form(&[("title", format!("latency probe {i}"))])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 303);
+        wait_until("b sees the write", Duration::from_secs(30), async || {
+            health(&client, &b).await.and_then(|h| h["todos"].as_i64()) == Some(before + 1)
+        })
+        .await;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| ms(latencies[((latencies.len() - 1) as f64 * p).round() as usize]);
+
+    // 2. Catch-up after missing `changes_target` changes.
+    drop(b);
+    let todos = changes_target.div_ceil(3);
+    let seed_started = Instant::now();
+    let per_worker = todos.div_ceil(16);
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            let client = client.clone();
+            let url = format!("http://127.0.0.1:{}/todos", a.http);
+            tokio::spawn(async move {
+                for i in 0..per_worker {
+                    let r = client
+                        .post(&url)
+                        .form(&[("title", format!("missed write {w}-{i}"))])
+                        .send()
+                        .await
+                        .expect("post");
+                    assert_eq!(r.status(), 303);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("writer");
+    }
+    let seeded = seed_started.elapsed();
+    let a_todos = health(&client, &a).await.expect("health")["todos"]
+        .as_i64()
+        .expect("count");
+    let missed = (per_worker * 16 * 3) as f64;
+    let catch_up_started = Instant::now();
+    b = start(&dir.path().join("b"), "b", p2p_b, Some(&seed));
+    wait_until("b caught up", Duration::from_secs(600), async || {
+        health(&client, &b).await.and_then(|h| h["todos"].as_i64()) == Some(a_todos)
+    })
+    .await;
+    let catch_up = catch_up_started.elapsed();
+    drop(b);
+    drop(a);
+
+    let result = json!({
+        "bench": "replication",
+        "propagation_p50_ms": pct(0.5),
+        "propagation_p99_ms": pct(0.99),
+        "propagation_max_ms": pct(1.0),
+        "missed_changes": missed,
+        "catch_up_secs": catch_up.as_secs_f64(),
+        "catch_up_changes_per_sec": missed / catch_up.as_secs_f64(),
+        "seed_writes_per_sec": (per_worker * 16) as f64 / seeded.as_secs_f64(),
+    });
+    let baseline: Option<Value> = compare
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str(&s).ok());
+    println!("replication between two nodes on loopback");
+    for key in [
+        "propagation_p50_ms",
+        "propagation_p99_ms",
+        "propagation_max_ms",
+        "missed_changes",
+        "catch_up_secs",
+        "catch_up_changes_per_sec",
+        "seed_writes_per_sec",
+    ] {
+        let now = result[key].as_f64().unwrap_or(0.0);
+        let delta = baseline
+            .as_ref()
+            .and_then(|b| b[key].as_f64())
+            .filter(|old| *old != 0.0)
+            .map(|old| {
+                format!(
+                    "  ({:+.1}% vs baseline {old:.2})",
+                    (now - old) / old * 100.0
+                )
+            })
+            .unwrap_or_default();
+        println!("  {key:<26} {now:>12.2}{delta}");
+    }
+    println!("{result}");
+    if let Some(path) = save {
+        std::fs::write(&path, result.to_string()).expect("save");
+    }
+}
