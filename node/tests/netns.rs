@@ -114,7 +114,7 @@ impl Lab {
         ]);
     }
 
-    fn start_node(&mut self, ns: &str, name: &str, data_dir: &Path) {
+    fn start_node(&mut self, ns: &str, name: &str, service: &str, data_dir: &Path) {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, env!("CARGO_BIN_EXE_todo-node")])
             .env("HOST", "0.0.0.0")
@@ -122,7 +122,7 @@ impl Lab {
             .env("DATA_DIR", data_dir)
             .env("NODE_NAME", name)
             .env("ENABLE_MDNS", "true")
-            .env("MDNS_SERVICE_NAME", "netns-test")
+            .env("MDNS_SERVICE_NAME", service)
             .env("P2P_LISTEN", "/ip4/0.0.0.0/tcp/4001")
             .env("SYNC_INTERVAL_SECS", "1")
             .env("LOG", "todo_node=info,warn")
@@ -194,11 +194,16 @@ fn nodes_on_separate_hosts_find_each_other_by_mdns_and_converge_after_a_partitio
     let a = lab.host("a", 2);
     let b = lab.host("b", 3);
     println!("step: hosts {a} ({SUBNET}.2) and {b} ({SUBNET}.3) on a bridge");
-    lab.start_node(&a, "a", &data.path().join("a"));
-    lab.start_node(&b, "b", &data.path().join("b"));
+    // c runs another deployment on the same network: it must stay out of a and b's data.
+    let c = lab.host("c", 4);
+    lab.start_node(&a, "a", "netns-test", &data.path().join("a"));
+    lab.start_node(&b, "b", "netns-test", &data.path().join("b"));
+    lab.start_node(&c, "c", "another-app", &data.path().join("c"));
     let wait = Duration::from_secs(60);
-    eventually("both nodes healthy", wait, || {
-        get_json(&a, "/health").is_some() && get_json(&b, "/health").is_some()
+    eventually("all three nodes healthy", wait, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|ns| get_json(ns, "/health").is_some())
     });
 
     println!("step: discovery by mDNS alone (no bootstrap addresses)");
@@ -244,4 +249,18 @@ fn nodes_on_separate_hosts_find_each_other_by_mdns_and_converge_after_a_partitio
         let rows = get_json(&a, "/api/todos");
         rows.is_some() && rows == get_json(&b, "/api/todos")
     });
+
+    println!("step: the other deployment on the same network stayed apart");
+    assert!(
+        titles(&c).is_empty(),
+        "c received another deployment's todos"
+    );
+    let c_id = get_json(&c, "/health").expect("health")["peer_id"].clone();
+    for ns in [&a, &b] {
+        let peers = get_json(ns, "/api/peers").expect("peers");
+        let listed = peers["peers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["peer_id"] == c_id));
+        assert!(!listed, "{ns} lists the other deployment's node as a peer");
+    }
 }
