@@ -54,11 +54,6 @@ pub struct Config {
     #[arg(long, env = "BOOTSTRAP_PEERS", value_delimiter = ',', value_parser = parse_peer_addr)]
     pub bootstrap_peers: Vec<Multiaddr>,
 
-    /// Relays to keep a reservation on, so browsers and NATed nodes can reach this node
-    /// (comma-separated multiaddrs ending in /p2p/<relay peer id>).
-    #[arg(long, env = "RELAY_ADDRS", value_delimiter = ',', value_parser = parse_peer_addr)]
-    pub relay_addrs: Vec<Multiaddr>,
-
     /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one).
     #[arg(
         long,
@@ -86,7 +81,6 @@ impl Config {
             enable_mdns: false,
             mdns_service_name: "todo-hybrid".to_owned(),
             bootstrap_peers: Vec::new(),
-            relay_addrs: Vec::new(),
             p2p_listen: vec![
                 "/ip4/127.0.0.1/tcp/0"
                     .parse()
