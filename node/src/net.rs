@@ -54,6 +54,9 @@ const REDIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::
 /// Bounded queues: commands from the HTTP side, and results of database work.
 const COMMAND_QUEUE: usize = 64;
 const DONE_QUEUE: usize = 256;
+/// Gossip merges in flight at once. Past this, a received message is dropped (and counted in
+/// the logs): anti-entropy brings its changes anyway, so a flood cannot pile up tasks.
+const GOSSIP_MERGES_IN_FLIGHT: usize = 8;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -279,6 +282,7 @@ pub fn start(
         banned: HashMap::new(),
         redials,
         sync_interval: Duration::from_secs(config.sync_interval_secs),
+        gossip_slots: Arc::new(tokio::sync::Semaphore::new(GOSSIP_MERGES_IN_FLIGHT)),
         shutdown,
     };
     let task = tokio::spawn(event_loop.run());
@@ -335,6 +339,7 @@ struct EventLoop {
     banned: HashMap<PeerId, Instant>,
     redials: HashMap<PeerId, Redial>,
     sync_interval: Duration,
+    gossip_slots: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -689,13 +694,20 @@ impl EventLoop {
         match decoded {
             Ok(GossipMessage { changes }) => {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Accept);
+                let Ok(slot) = self.gossip_slots.clone().try_acquire_owned() else {
+                    tracing::debug!(peer = %source, "busy: leaving a gossip message to anti-entropy");
+                    return;
+                };
                 let count = changes.len();
                 self.spawn_db(move |store| match store.merge(&changes, None) {
-                    Ok(outcome) => Done::GossipMerged {
-                        peer: source,
-                        changes: count,
-                        impacted: outcome.rows_impacted,
-                    },
+                    Ok(outcome) => {
+                        drop(slot);
+                        Done::GossipMerged {
+                            peer: source,
+                            changes: count,
+                            impacted: outcome.rows_impacted,
+                        }
+                    }
                     Err(e) => Done::MergeFailed {
                         peer: source,
                         error: e.to_string(),
