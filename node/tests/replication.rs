@@ -1,5 +1,5 @@
 //! Nodes replicate over real libp2p on loopback: writes anywhere reach everywhere, concurrent
-//! edits converge, a stopped node catches up, a late joiner gets everything.
+//! edits converge, a stopped node catches up, a late joiner gets everything (over QUIC).
 
 mod common;
 
@@ -141,11 +141,19 @@ async fn a_stopped_node_catches_up_after_restart() {
     }
 }
 
+/// Listens on QUIC only, so every connection of this node is QUIC.
+fn quic(mut config: todo_node::Config) -> todo_node::Config {
+    config.p2p_listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("multiaddr")];
+    config
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_joining_late_receives_everything() {
+async fn a_node_joining_late_receives_everything_over_quic() {
     let dirs = dirs();
-    let a = TestNode::start_with(p2p_config(dirs[0].path(), "a", &[])).await;
-    let b = TestNode::start_with(p2p_config(dirs[1].path(), "b", &[p2p_addr(&a).await])).await;
+    let a = TestNode::start_with(quic(p2p_config(dirs[0].path(), "a", &[]))).await;
+    let a_addr = p2p_addr(&a).await;
+    assert!(a_addr.contains("/quic-v1/"), "{a_addr}");
+    let b = TestNode::start_with(quic(p2p_config(dirs[1].path(), "b", &[a_addr]))).await;
     let mut want = Vec::new();
     for i in 0..50 {
         let title = format!("early {i}");
@@ -158,7 +166,8 @@ async fn a_node_joining_late_receives_everything() {
     wait_for_titles(&b, &want).await;
 
     // d knows only b.
-    let d = TestNode::start_with(p2p_config(dirs[2].path(), "d", &[p2p_addr(&b).await])).await;
+    let d =
+        TestNode::start_with(quic(p2p_config(dirs[2].path(), "d", &[p2p_addr(&b).await]))).await;
     wait_for_titles(&d, &want).await;
     eventually("d's replica to equal a's", CONVERGE, || async {
         (state(&d).await == state(&a).await).then_some(())
