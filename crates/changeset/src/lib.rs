@@ -3,18 +3,24 @@
 //! - [`value`]: SQLite values with their storage class, site ids and db_versions;
 //! - [`change`]: one row of `crsql_changes`, and its JSON form for HTTP;
 //! - [`pk`]: the primary-key packing of `crsql_pack_columns`, byte-exact;
-//! - [`wire`]: the compact, versioned binary form of a batch of changes, for libp2p.
+//! - [`wire`]: the compact, versioned binary form of a batch of changes, for libp2p;
+//! - [`affinity`]: SQLite column affinity, applied before values are stored or compared;
+//! - [`engine`]: an in-memory replica that writes and merges exactly as cr-sqlite does.
 //!
 //! The rules are those of shared/research/crsqlite-merge-spec.md; section numbers in comments
 //! refer to it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod affinity;
 pub mod change;
+pub mod engine;
 pub mod pk;
 pub mod value;
 pub mod wire;
 
+pub use affinity::Affinity;
 pub use change::{Change, SENTINEL_CID};
+pub use engine::{Column, EngineError, Replica, TableSchema, Write};
 pub use pk::{PkError, pack_columns, unpack_columns};
 pub use value::{DbVersion, SiteId, SiteIdParseError, Value};
 pub use wire::{WireError, decode_changes, encode_changes};

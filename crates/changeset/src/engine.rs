@@ -1,0 +1,717 @@
+//! An in-memory replica that writes and merges exactly as cr-sqlite 0.16.3 does (spec §3, §5,
+//! §6), for peers that cannot load the extension (the browser, the edge).
+//!
+//! State per table: the base rows (values stored with column affinity) and the clocks — per
+//! (row, column) `(col_version, db_version, seq, site)`, plus the optional sentinel clock `-1`
+//! whose col_version is the row's causal length. `changes()` reads them back as
+//! `crsql_changes` rows. A batch of local writes or merges is one transaction: it either
+//! applies whole or, on any error, leaves the replica as it was.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use crate::affinity::Affinity;
+use crate::change::{Change, SENTINEL_CID};
+use crate::pk::{PkError, pack_columns, unpack_columns};
+use crate::value::{DbVersion, SiteId, Value};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("no table {0:?}")]
+    UnknownTable(String),
+    #[error("table {table:?} has no column {column:?}")]
+    UnknownColumn { table: String, column: String },
+    #[error("NOT NULL constraint failed: {table}.{column}")]
+    NotNull { table: String, column: String },
+    #[error("UNIQUE constraint failed: {table} already has that primary key")]
+    Duplicate { table: String },
+    #[error("no row with that primary key in {0}")]
+    NoRow(String),
+    #[error("primary key: {0}")]
+    Pk(#[from] PkError),
+    #[error("primary key of {table} has {expected} columns, got {got}")]
+    PkArity {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub affinity: Affinity,
+    pub not_null: bool,
+    pub default: Value,
+}
+
+impl Column {
+    /// A column with a declared SQL type (affinity follows SQLite's rules).
+    pub fn new(name: &str, declared_type: &str, not_null: bool, default: Value) -> Self {
+        Self {
+            name: name.to_owned(),
+            affinity: Affinity::of_declared_type(declared_type),
+            not_null,
+            default,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    pub name: String,
+    /// Primary-key columns, in declaration order.
+    pub pk: Vec<Column>,
+    /// The other columns, in declaration order.
+    pub columns: Vec<Column>,
+}
+
+impl TableSchema {
+    fn column(&self, name: &str) -> Result<(usize, &Column), EngineError> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+            .ok_or_else(|| EngineError::UnknownColumn {
+                table: self.name.clone(),
+                column: name.to_owned(),
+            })
+    }
+
+    /// The app's table: `todos(id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL DEFAULT '',
+    /// completed INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL DEFAULT 0)`.
+    pub fn todos() -> Self {
+        Self {
+            name: "todos".into(),
+            pk: vec![Column::new("id", "TEXT", true, Value::Null)],
+            columns: vec![
+                Column::new("title", "TEXT", true, Value::Text(String::new())),
+                Column::new("completed", "INTEGER", true, Value::Integer(0)),
+                Column::new("created_at", "INTEGER", true, Value::Integer(0)),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    pub col_version: i64,
+    pub db_version: u64,
+    pub seq: i64,
+    pub site: SiteId,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct RowState {
+    pk_values: Vec<Value>,
+    /// Base-table values in column order; `None` when the row does not exist.
+    values: Option<Vec<Value>>,
+    sentinel: Option<Clock>,
+    clocks: BTreeMap<String, Clock>,
+}
+
+impl RowState {
+    fn local_cl(&self) -> i64 {
+        match (&self.sentinel, self.clocks.is_empty()) {
+            (Some(s), _) => s.col_version,
+            (None, false) => 1,
+            (None, true) => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+struct TableState {
+    /// Keyed by the packed pk, which matches typed equality like cr-sqlite's lookaside.
+    rows: BTreeMap<Vec<u8>, RowState>,
+}
+
+/// One replica's state. Cheap to clone (used to make batches atomic).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replica {
+    site_id: SiteId,
+    schema: Vec<TableSchema>,
+    tables: BTreeMap<String, TableState>,
+    /// The connection's cached db_version. cr-sqlite's commit hook sets it to the transaction's
+    /// pending version even when nothing was pending, which means "read max(db_version) of the
+    /// clocks again"; an UPDATE that changed nothing still takes a version (see `local_update`).
+    cached_db_version: Option<u64>,
+    merge_equal_values: bool,
+}
+
+/// A local write, as the app issues it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// INSERT of a new row (fails if the pk exists); columns not named get their defaults.
+    Insert {
+        table: String,
+        pk: Vec<Value>,
+        values: Vec<(String, Value)>,
+    },
+    /// INSERT … ON CONFLICT DO UPDATE SET the named columns.
+    Upsert {
+        table: String,
+        pk: Vec<Value>,
+        values: Vec<(String, Value)>,
+    },
+    /// UPDATE of an existing row (a missing row changes nothing, like SQL).
+    Update {
+        table: String,
+        pk: Vec<Value>,
+        values: Vec<(String, Value)>,
+    },
+    Delete {
+        table: String,
+        pk: Vec<Value>,
+    },
+}
+
+/// Pending state of one transaction: cr-sqlite's `next_db_version` and `seq` (spec §3, §6).
+struct Tx {
+    committed: u64,
+    pending: Option<u64>,
+    seq: i64,
+}
+
+impl Tx {
+    /// `max(committed + 1, pending, v)`, which also raises pending for the rest of the tx.
+    fn next(&mut self, v: u64) -> u64 {
+        let n = (self.committed + 1).max(self.pending.unwrap_or(0)).max(v);
+        self.pending = Some(n);
+        n
+    }
+
+    fn next_seq(&mut self) -> i64 {
+        let s = self.seq;
+        self.seq += 1;
+        s
+    }
+}
+
+impl Replica {
+    pub fn new(site_id: SiteId, schema: Vec<TableSchema>) -> Self {
+        let tables = schema
+            .iter()
+            .map(|t| (t.name.clone(), TableState::default()))
+            .collect();
+        Self {
+            site_id,
+            schema,
+            tables,
+            cached_db_version: None,
+            merge_equal_values: false,
+        }
+    }
+
+    /// cr-sqlite's `merge-equal-values` setting: break ties of equal values by site id.
+    pub fn set_merge_equal_values(&mut self, on: bool) {
+        self.merge_equal_values = on;
+    }
+
+    pub fn site_id(&self) -> SiteId {
+        self.site_id
+    }
+
+    pub fn schema(&self) -> &[TableSchema] {
+        &self.schema
+    }
+
+    /// `crsql_db_version()`: the highest committed db_version.
+    pub fn db_version(&self) -> DbVersion {
+        DbVersion(
+            self.cached_db_version
+                .unwrap_or_else(|| self.stored_db_version()),
+        )
+    }
+
+    /// The highest db_version of any clock: what cr-sqlite reads from storage.
+    fn stored_db_version(&self) -> u64 {
+        self.tables
+            .values()
+            .flat_map(|t| t.rows.values())
+            .flat_map(|r| r.sentinel.iter().chain(r.clocks.values()))
+            .map(|c| c.db_version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn begin(&self) -> Tx {
+        Tx {
+            committed: self.db_version().0,
+            pending: None,
+            seq: 0,
+        }
+    }
+
+    fn table_schema(&self, name: &str) -> Result<&TableSchema, EngineError> {
+        self.schema
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| EngineError::UnknownTable(name.to_owned()))
+    }
+
+    /// Runs local writes as one transaction; returns the changes it made, as peers will see
+    /// them. On error nothing is applied.
+    pub fn write(&mut self, writes: &[Write]) -> Result<Vec<Change>, EngineError> {
+        let mut next = self.clone();
+        let mut tx = next.begin();
+        for w in writes {
+            next.apply_write(w, &mut tx)?;
+        }
+        next.cached_db_version = tx.pending;
+        let made = tx.pending.map(|v| {
+            next.changes()
+                .into_iter()
+                .filter(|c| c.db_version.0 == v && c.site_id == next.site_id)
+                .collect()
+        });
+        *self = next;
+        Ok(made.unwrap_or_default())
+    }
+
+    fn apply_write(&mut self, w: &Write, tx: &mut Tx) -> Result<(), EngineError> {
+        match w {
+            Write::Insert { table, pk, values } => self.local_insert(table, pk, values, false, tx),
+            Write::Upsert { table, pk, values } => self.local_insert(table, pk, values, true, tx),
+            Write::Update { table, pk, values } => self.local_update(table, pk, values, tx),
+            Write::Delete { table, pk } => self.local_delete(table, pk, tx),
+        }
+    }
+
+    fn packed_pk(
+        &self,
+        table: &str,
+        pk: &[Value],
+    ) -> Result<(TableSchema, Vec<Value>, Vec<u8>), EngineError> {
+        let schema = self.table_schema(table)?.clone();
+        if pk.len() != schema.pk.len() {
+            return Err(EngineError::PkArity {
+                table: table.to_owned(),
+                expected: schema.pk.len(),
+                got: pk.len(),
+            });
+        }
+        let stored: Vec<Value> = pk
+            .iter()
+            .zip(&schema.pk)
+            .map(|(v, c)| c.affinity.apply(v.clone()))
+            .collect();
+        if let Some((_, c)) = stored
+            .iter()
+            .zip(&schema.pk)
+            .find(|(v, _)| **v == Value::Null)
+        {
+            return Err(EngineError::NotNull {
+                table: table.to_owned(),
+                column: c.name.clone(),
+            });
+        }
+        let packed = pack_columns(&stored)?;
+        Ok((schema, stored, packed))
+    }
+
+    fn local_insert(
+        &mut self,
+        table: &str,
+        pk: &[Value],
+        values: &[(String, Value)],
+        upsert: bool,
+        tx: &mut Tx,
+    ) -> Result<(), EngineError> {
+        let (schema, pk_values, key) = self.packed_pk(table, pk)?;
+        let exists = self.row(table, &key).is_some_and(|r| r.values.is_some());
+        if exists {
+            if upsert {
+                // ON CONFLICT DO NOTHING when there is nothing to set: no UPDATE, no trigger.
+                if values.is_empty() {
+                    return Ok(());
+                }
+                return self.local_update(table, pk, values, tx);
+            }
+            return Err(EngineError::Duplicate {
+                table: table.to_owned(),
+            });
+        }
+        let mut row_values: Vec<Value> = schema.columns.iter().map(|c| c.default.clone()).collect();
+        for (name, v) in values {
+            let (i, c) = schema.column(name)?;
+            row_values[i] = c.affinity.apply(v.clone());
+        }
+        check_not_null(&schema, &row_values)?;
+        let site = self.site_id;
+        let row = self.row_mut(table, &key, pk_values);
+        row.values = Some(row_values);
+        // A pk-only table, or a row that was deleted before, records (re)creation in the
+        // sentinel: +1 from an even (deleted) cl, +2 from an odd one (spec §3, E2).
+        let resurrect = row.sentinel.map(|s| s.col_version);
+        if schema.columns.is_empty() || resurrect.is_some() {
+            let cl = match resurrect {
+                Some(cl) if cl % 2 == 0 => cl + 1,
+                Some(cl) => cl + 2,
+                None => 1,
+            };
+            let db_version = tx.next(0);
+            let seq = tx.next_seq();
+            row.sentinel = Some(Clock {
+                col_version: cl,
+                db_version,
+                seq,
+                site,
+            });
+        }
+        for c in &schema.columns {
+            let col_version = row.clocks.get(&c.name).map_or(1, |k| k.col_version + 1);
+            let db_version = tx.next(0);
+            let seq = tx.next_seq();
+            row.clocks.insert(
+                c.name.clone(),
+                Clock {
+                    col_version,
+                    db_version,
+                    seq,
+                    site,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn local_update(
+        &mut self,
+        table: &str,
+        pk: &[Value],
+        values: &[(String, Value)],
+        tx: &mut Tx,
+    ) -> Result<(), EngineError> {
+        let (schema, _, key) = self.packed_pk(table, pk)?;
+        let mut updates = Vec::new();
+        for (name, v) in values {
+            let (i, c) = schema.column(name)?;
+            updates.push((i, c.name.clone(), c.affinity.apply(v.clone())));
+        }
+        let site = self.site_id;
+        let Some(row) = self
+            .tables
+            .get_mut(table)
+            .and_then(|t| t.rows.get_mut(&key))
+            .filter(|r| r.values.is_some())
+        else {
+            return Ok(()); // UPDATE of no row changes nothing
+        };
+        let mut new_values = row.values.clone().unwrap_or_default();
+        for (i, _, v) in &updates {
+            new_values[*i] = v.clone();
+        }
+        check_not_null(&schema, &new_values)?;
+        let old = row.values.replace(new_values.clone()).unwrap_or_default();
+        // The update trigger takes the next db_version whether or not anything changed (so an
+        // UPDATE to the same values still moves this connection's db_version on), then bumps
+        // only the columns whose stored value changed, by type and value (spec §3, E1).
+        let db_version = tx.next(0);
+        for (i, c) in schema.columns.iter().enumerate() {
+            if compare_values(&new_values[i], &old[i]) == Ordering::Equal {
+                continue;
+            }
+            let col_version = row.clocks.get(&c.name).map_or(1, |k| k.col_version + 1);
+            let seq = tx.next_seq();
+            row.clocks.insert(
+                c.name.clone(),
+                Clock {
+                    col_version,
+                    db_version,
+                    seq,
+                    site,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn local_delete(&mut self, table: &str, pk: &[Value], tx: &mut Tx) -> Result<(), EngineError> {
+        let (_, _, key) = self.packed_pk(table, pk)?;
+        let site = self.site_id;
+        let Some(row) = self
+            .tables
+            .get_mut(table)
+            .and_then(|t| t.rows.get_mut(&key))
+            .filter(|r| r.values.is_some())
+        else {
+            return Ok(());
+        };
+        row.values = None;
+        let cl = row.sentinel.map_or(2, |s| s.col_version + 1);
+        let db_version = tx.next(0);
+        let seq = tx.next_seq();
+        row.sentinel = Some(Clock {
+            col_version: cl,
+            db_version,
+            seq,
+            site,
+        });
+        row.clocks.clear();
+        Ok(())
+    }
+
+    fn row(&self, table: &str, key: &[u8]) -> Option<&RowState> {
+        self.tables.get(table).and_then(|t| t.rows.get(key))
+    }
+
+    fn row_mut(&mut self, table: &str, key: &[u8], pk_values: Vec<Value>) -> &mut RowState {
+        self.tables
+            .entry(table.to_owned())
+            .or_default()
+            .rows
+            .entry(key.to_vec())
+            .or_insert_with(|| RowState {
+                pk_values,
+                ..RowState::default()
+            })
+    }
+
+    /// Merges remote changes as one transaction (`INSERT INTO crsql_changes`): idempotent, in
+    /// any order. Returns `crsql_rows_impacted()`. On error (unknown table or column, a NULL in
+    /// a NOT NULL column) nothing is applied, as cr-sqlite aborts the whole statement.
+    pub fn merge(&mut self, changes: &[Change]) -> Result<u64, EngineError> {
+        let mut next = self.clone();
+        let mut tx = next.begin();
+        let mut impacted = 0;
+        for c in changes {
+            impacted += next.merge_one(c, &mut tx)?;
+        }
+        next.cached_db_version = tx.pending;
+        *self = next;
+        Ok(impacted)
+    }
+
+    fn merge_one(&mut self, c: &Change, tx: &mut Tx) -> Result<u64, EngineError> {
+        let schema = self.table_schema(&c.table)?.clone();
+        let pk_values = unpack_columns(&c.pk)?;
+        if pk_values.len() != schema.pk.len() {
+            return Err(EngineError::PkArity {
+                table: c.table.clone(),
+                expected: schema.pk.len(),
+                got: pk_values.len(),
+            });
+        }
+        let column = if c.cid == SENTINEL_CID {
+            None
+        } else {
+            Some(schema.column(&c.cid)?)
+        };
+        let merge_equal = self.merge_equal_values;
+        let row = self.row_mut(&c.table, &c.pk, pk_values);
+        let local_cl = row.local_cl();
+        if c.cl < local_cl {
+            return Ok(0);
+        }
+        let clock = |tx: &mut Tx, col_version: i64| Clock {
+            col_version,
+            db_version: tx.next(c.db_version.0),
+            seq: c.seq,
+            site: c.site_id,
+        };
+        if c.cl % 2 == 0 {
+            if c.cl == local_cl {
+                return Ok(0);
+            }
+            row.values = None;
+            row.sentinel = Some(clock(tx, c.col_version));
+            row.clocks.clear();
+            return Ok(1);
+        }
+        let Some((index, column)) = column else {
+            if c.cl == local_cl {
+                return Ok(0);
+            }
+            resurrect(row, &schema, tx, c.db_version.0);
+            row.sentinel = Some(clock(tx, c.col_version));
+            return Ok(1);
+        };
+        let needs_resurrect = c.cl > local_cl;
+        if needs_resurrect && (local_cl != 0 || c.cl > 1) {
+            // A column that arrives before its row's (re)creation sentinel (spec E9c, E10a).
+            resurrect(row, &schema, tx, c.db_version.0);
+            row.sentinel = Some(clock(tx, c.cl));
+        }
+        let wins = needs_resurrect
+            || local_cl == 0
+            || did_cid_win(row, index, &column.name, c, merge_equal);
+        if !wins {
+            return Ok(0);
+        }
+        let stored = column.affinity.apply(c.val.clone());
+        if column.not_null && stored == Value::Null {
+            return Err(EngineError::NotNull {
+                table: c.table.clone(),
+                column: column.name.clone(),
+            });
+        }
+        let values = row.values.get_or_insert_with(|| {
+            schema
+                .columns
+                .iter()
+                .map(|col| col.default.clone())
+                .collect()
+        });
+        values[index] = stored;
+        let clock = clock(tx, c.col_version);
+        row.clocks.insert(column.name.clone(), clock);
+        Ok(1)
+    }
+
+    /// `crsql_changes`, ordered by db_version then seq (then table, pk, cid, so the order is
+    /// total).
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for schema in &self.schema {
+            let Some(table) = self.tables.get(&schema.name) else {
+                continue;
+            };
+            for (key, row) in &table.rows {
+                let cl = row.sentinel.map_or(1, |s| s.col_version);
+                let mut push = |cid: &str, clock: &Clock, val: Value| {
+                    out.push(Change {
+                        table: schema.name.clone(),
+                        pk: key.clone(),
+                        cid: cid.to_owned(),
+                        val,
+                        col_version: clock.col_version,
+                        db_version: DbVersion(clock.db_version),
+                        site_id: clock.site,
+                        cl,
+                        seq: clock.seq,
+                    });
+                };
+                if let Some(s) = &row.sentinel {
+                    push(SENTINEL_CID, s, Value::Null);
+                }
+                for (i, col) in schema.columns.iter().enumerate() {
+                    if let Some(clock) = row.clocks.get(&col.name) {
+                        let val = row.values.as_ref().map_or(Value::Null, |v| v[i].clone());
+                        push(&col.name, clock, val);
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.db_version, a.seq, &a.table, &a.pk, &a.cid).cmp(&(
+                b.db_version,
+                b.seq,
+                &b.table,
+                &b.pk,
+                &b.cid,
+            ))
+        });
+        out
+    }
+
+    /// What `SELECT … FROM crsql_changes WHERE db_version > since AND site_id IS NOT exclude`
+    /// returns.
+    pub fn changes_since(&self, since: DbVersion, exclude: Option<SiteId>) -> Vec<Change> {
+        self.changes()
+            .into_iter()
+            .filter(|c| c.db_version > since && Some(c.site_id) != exclude)
+            .collect()
+    }
+
+    /// The rows of `table` (pk columns, then the others), ordered by pk as `ORDER BY 1` would
+    /// for single-column text or integer keys.
+    pub fn rows(&self, table: &str) -> Result<Vec<Vec<Value>>, EngineError> {
+        self.table_schema(table)?;
+        let mut rows: Vec<Vec<Value>> = self
+            .tables
+            .get(table)
+            .into_iter()
+            .flat_map(|t| t.rows.values())
+            .filter_map(|r| {
+                r.values.as_ref().map(|v| {
+                    let mut row = r.pk_values.clone();
+                    row.extend(v.iter().cloned());
+                    row
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| compare_for_order(&a[0], &b[0]));
+        Ok(rows)
+    }
+}
+
+/// `INSERT OR IGNORE INTO T(pk)` (defaults if the row was gone; stale values kept if not) and
+/// the "zero clocks" of spec §5: every column clock of the row drops to col_version 0.
+fn resurrect(row: &mut RowState, schema: &TableSchema, tx: &mut Tx, incoming: u64) {
+    if row.values.is_none() {
+        row.values = Some(schema.columns.iter().map(|c| c.default.clone()).collect());
+    }
+    if !row.clocks.is_empty() {
+        let db_version = tx.next(incoming);
+        for clock in row.clocks.values_mut() {
+            clock.col_version = 0;
+            clock.db_version = db_version;
+        }
+    }
+}
+
+fn did_cid_win(row: &RowState, index: usize, cid: &str, c: &Change, merge_equal: bool) -> bool {
+    let Some(local) = row.clocks.get(cid) else {
+        return true;
+    };
+    if c.col_version != local.col_version {
+        return c.col_version > local.col_version;
+    }
+    let current = row
+        .values
+        .as_ref()
+        .map_or(Value::Null, |v| v[index].clone());
+    match compare_values(&c.val, &current) {
+        Ordering::Equal if merge_equal => c.site_id.0 > local.site.0,
+        ordering => ordering == Ordering::Greater,
+    }
+}
+
+/// cr-sqlite's `compare_values.rs`: across types INTEGER > REAL > TEXT > BLOB > NULL; within a
+/// type numerically, or bytewise for text and blobs (spec §5 rule 3, E4).
+pub fn compare_values(incoming: &Value, local: &Value) -> Ordering {
+    match (incoming, local) {
+        (Value::Integer(a), Value::Integer(b)) => a.cmp(b),
+        (Value::Real(a), Value::Real(b)) => a.partial_cmp(b).unwrap_or(Ordering::Equal),
+        (Value::Text(a), Value::Text(b)) => a.as_bytes().cmp(b.as_bytes()),
+        (Value::Blob(a), Value::Blob(b)) => a.cmp(b),
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (a, b) => b.type_code().cmp(&a.type_code()),
+    }
+}
+
+/// SQLite's ORDER BY across storage classes: NULL < numbers < TEXT < BLOB.
+fn compare_for_order(a: &Value, b: &Value) -> Ordering {
+    let class = |v: &Value| match v {
+        Value::Null => 0,
+        Value::Integer(_) | Value::Real(_) => 1,
+        Value::Text(_) => 2,
+        Value::Blob(_) => 3,
+    };
+    match (a, b) {
+        (Value::Integer(x), Value::Real(y)) => {
+            (*x as f64).partial_cmp(y).unwrap_or(Ordering::Equal)
+        }
+        (Value::Real(x), Value::Integer(y)) => {
+            x.partial_cmp(&(*y as f64)).unwrap_or(Ordering::Equal)
+        }
+        _ if class(a) != class(b) => class(a).cmp(&class(b)),
+        _ => compare_values(a, b),
+    }
+}
+
+fn check_not_null(schema: &TableSchema, values: &[Value]) -> Result<(), EngineError> {
+    match schema
+        .columns
+        .iter()
+        .zip(values)
+        .find(|(c, v)| c.not_null && **v == Value::Null)
+    {
+        Some((c, _)) => Err(EngineError::NotNull {
+            table: schema.name.clone(),
+            column: c.name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
