@@ -715,3 +715,411 @@ fn check_not_null(schema: &TableSchema, values: &[Value]) -> Result<(), EngineEr
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One named test per rule of shared/research/crsqlite-merge-spec.md (experiment ids in
+    //! the names' doc comments). The differential test checks all of them against the real
+    //! extension on random inputs; these pin each rule down on its own.
+    use super::*;
+
+    const A: SiteId = SiteId([0x0A; 16]);
+    const B: SiteId = SiteId([0x0B; 16]);
+
+    fn replica(site: SiteId) -> Replica {
+        let mut t = TableSchema::todos();
+        for c in &mut t.columns {
+            c.not_null = false;
+            c.default = Value::Null;
+        }
+        Replica::new(site, vec![t])
+    }
+
+    fn id(s: &str) -> Vec<Value> {
+        vec![Value::Text(s.into())]
+    }
+
+    fn insert(r: &mut Replica, key: &str, title: Value) -> Vec<Change> {
+        r.write(&[Write::Insert {
+            table: "todos".into(),
+            pk: id(key),
+            values: vec![
+                ("title".into(), title),
+                ("completed".into(), Value::Integer(0)),
+                ("created_at".into(), Value::Integer(100)),
+            ],
+        }])
+        .expect("insert")
+    }
+
+    fn set(r: &mut Replica, key: &str, col: &str, v: Value) {
+        r.write(&[Write::Update {
+            table: "todos".into(),
+            pk: id(key),
+            values: vec![(col.into(), v)],
+        }])
+        .expect("update");
+    }
+
+    fn delete(r: &mut Replica, key: &str) {
+        r.write(&[Write::Delete {
+            table: "todos".into(),
+            pk: id(key),
+        }])
+        .expect("delete");
+    }
+
+    /// Full incremental sync both ways, as the oracle's `sync_all`.
+    fn sync(a: &mut Replica, b: &mut Replica) {
+        let to_b = a.changes_since(DbVersion(0), Some(b.site_id()));
+        b.merge(&to_b).expect("merge into b");
+        let to_a = b.changes_since(DbVersion(0), Some(a.site_id()));
+        a.merge(&to_a).expect("merge into a");
+    }
+
+    fn title(r: &Replica, key: &str) -> Option<Value> {
+        r.rows("todos")
+            .expect("rows")
+            .into_iter()
+            .find(|row| row[0] == Value::Text(key.into()))
+            .map(|row| row[1].clone())
+    }
+
+    fn summary(changes: &[Change]) -> Vec<(String, i64, u64, i64, i64)> {
+        changes
+            .iter()
+            .map(|c| (c.cid.clone(), c.col_version, c.db_version.0, c.cl, c.seq))
+            .collect()
+    }
+
+    /// §3, E1: an insert clocks every column at col_version 1, one seq each, no sentinel.
+    #[test]
+    fn rule_local_insert_clocks_every_column_without_sentinel() {
+        let mut a = replica(A);
+        let made = insert(&mut a, "t1", Value::Text("x".into()));
+        assert_eq!(
+            summary(&made),
+            [
+                ("title".into(), 1, 1, 1, 0),
+                ("completed".into(), 1, 1, 1, 1),
+                ("created_at".into(), 1, 1, 1, 2)
+            ]
+        );
+        assert!(made.iter().all(|c| c.site_id == A));
+    }
+
+    /// §3, E1: an update bumps only the columns whose value changed, by type and value.
+    #[test]
+    fn rule_update_bumps_only_changed_columns() {
+        let mut a = replica(A);
+        insert(&mut a, "t1", Value::Text("x".into()));
+        set(&mut a, "t1", "title", Value::Text("y".into()));
+        set(&mut a, "t1", "completed", Value::Integer(0));
+        let c = a.changes();
+        assert_eq!(
+            c.iter().find(|c| c.cid == "title").map(|c| c.col_version),
+            Some(2)
+        );
+        assert_eq!(
+            c.iter()
+                .find(|c| c.cid == "completed")
+                .map(|c| c.col_version),
+            Some(1)
+        );
+    }
+
+    /// §3, E2: a delete leaves only the sentinel, cl 2; a re-insert makes it 3 and restarts
+    /// the columns at col_version 1.
+    #[test]
+    fn rule_delete_leaves_a_sentinel_and_reinsert_makes_cl_odd() {
+        let mut a = replica(A);
+        insert(&mut a, "t1", Value::Text("x".into()));
+        delete(&mut a, "t1");
+        assert_eq!(summary(&a.changes()), [("-1".into(), 2, 2, 2, 0)]);
+        insert(&mut a, "t1", Value::Text("again".into()));
+        assert_eq!(
+            summary(&a.changes()),
+            [
+                ("-1".into(), 3, 3, 3, 0),
+                ("title".into(), 1, 3, 3, 1),
+                ("completed".into(), 1, 3, 3, 2),
+                ("created_at".into(), 1, 3, 3, 3)
+            ]
+        );
+    }
+
+    /// §5 rule 2, E3a: the higher col_version wins whatever the value.
+    #[test]
+    fn rule_higher_col_version_wins() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("a".into()));
+        sync(&mut a, &mut b);
+        set(&mut b, "t1", "title", Value::Text("B1".into()));
+        set(&mut b, "t1", "title", Value::Text("B2".into()));
+        set(&mut a, "t1", "title", Value::Text("zzz".into()));
+        sync(&mut a, &mut b);
+        assert_eq!(title(&a, "t1"), Some(Value::Text("B2".into())));
+        assert_eq!(title(&b, "t1"), title(&a, "t1"));
+    }
+
+    /// §5 rule 3, E3b: at equal col_version the larger value wins, text compared bytewise.
+    #[test]
+    fn rule_equal_col_version_larger_value_wins_bytewise() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        sync(&mut a, &mut b);
+        set(&mut a, "t1", "title", Value::Text("apple".into()));
+        set(&mut b, "t1", "title", Value::Text("Zebra".into()));
+        sync(&mut a, &mut b);
+        assert_eq!(title(&a, "t1"), Some(Value::Text("apple".into())));
+        assert_eq!(title(&b, "t1"), title(&a, "t1"));
+    }
+
+    /// §5 rule 3, E4: across types INTEGER > REAL > TEXT > BLOB > NULL. (E4's column has no
+    /// declared type, so values keep their own class; a TEXT column would store 1 as '1'.)
+    #[test]
+    fn rule_value_order_across_types() {
+        use Value::*;
+        let untyped = |site| {
+            let mut r = replica(site);
+            r.schema[0].columns[0].affinity = Affinity::Blob;
+            r
+        };
+        for (winner, loser) in [
+            (Integer(1), Text("zzz".into())),
+            (Integer(1), Real(2.5)),
+            (Real(0.5), Text("a".into())),
+            (Text("a".into()), Blob(vec![0xFF])),
+            (Blob(vec![0]), Null),
+        ] {
+            for (first, second) in [(&winner, &loser), (&loser, &winner)] {
+                let (mut a, mut b) = (untyped(A), untyped(B));
+                insert(&mut a, "t1", Text("x".into()));
+                sync(&mut a, &mut b);
+                set(&mut a, "t1", "title", first.clone());
+                set(&mut b, "t1", "title", second.clone());
+                sync(&mut a, &mut b);
+                assert_eq!(
+                    title(&a, "t1"),
+                    Some(winner.clone()),
+                    "{winner:?} vs {loser:?}"
+                );
+                assert_eq!(title(&b, "t1"), Some(winner.clone()));
+            }
+        }
+    }
+
+    /// §5 rule 1, E6a: a delete (cl 2) beats any number of concurrent updates (cl 1).
+    #[test]
+    fn rule_causal_length_delete_beats_concurrent_updates() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        sync(&mut a, &mut b);
+        for i in 0..5 {
+            set(&mut b, "t1", "title", Value::Text(format!("edit {i}")));
+        }
+        delete(&mut a, "t1");
+        sync(&mut a, &mut b);
+        assert_eq!(title(&a, "t1"), None);
+        assert_eq!(title(&b, "t1"), None);
+    }
+
+    /// §5 rule 1, E6b: a re-insert (cl 3) beats a delete (cl 2).
+    #[test]
+    fn rule_causal_length_reinsert_beats_delete() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        delete(&mut a, "t1");
+        insert(&mut a, "t1", Value::Text("back".into()));
+        sync(&mut a, &mut b);
+        let mut c = replica(SiteId([0x0C; 16]));
+        c.merge(&a.changes()).expect("merge");
+        assert_eq!(title(&b, "t1"), Some(Value::Text("back".into())));
+        assert_eq!(title(&c, "t1"), Some(Value::Text("back".into())));
+    }
+
+    /// §5: a change with a lower causal length than the local row is ignored.
+    #[test]
+    fn rule_stale_causal_length_is_ignored() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        let created = insert(&mut a, "t1", Value::Text("x".into()));
+        b.merge(&created).expect("merge");
+        delete(&mut b, "t1");
+        assert_eq!(b.merge(&created).expect("merge"), 0);
+        assert_eq!(title(&b, "t1"), None);
+    }
+
+    /// §5, R6: with merge-equal-values, equal values tie-break on the larger site id.
+    #[test]
+    fn rule_merge_equal_values_breaks_ties_by_site_id() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        a.set_merge_equal_values(true);
+        b.set_merge_equal_values(true);
+        insert(&mut a, "t1", Value::Text("x".into()));
+        sync(&mut a, &mut b);
+        set(&mut a, "t1", "title", Value::Text("same".into()));
+        set(&mut b, "t1", "title", Value::Text("same".into()));
+        sync(&mut a, &mut b);
+        let site_of = |r: &Replica| {
+            r.changes()
+                .into_iter()
+                .find(|c| c.cid == "title")
+                .map(|c| c.site_id)
+        };
+        assert_eq!(site_of(&a), Some(B));
+        assert_eq!(site_of(&b), Some(B));
+    }
+
+    /// §5, R6b: without the setting an equal value is a no-op; each keeps its own clock.
+    #[test]
+    fn rule_equal_values_without_the_setting_keep_local_clocks() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        sync(&mut a, &mut b);
+        set(&mut a, "t1", "title", Value::Text("same".into()));
+        set(&mut b, "t1", "title", Value::Text("same".into()));
+        sync(&mut a, &mut b);
+        let site_of = |r: &Replica| {
+            r.changes()
+                .into_iter()
+                .find(|c| c.cid == "title")
+                .map(|c| c.site_id)
+        };
+        assert_eq!(site_of(&a), Some(A));
+        assert_eq!(site_of(&b), Some(B));
+    }
+
+    /// §6, E7: merged rows get the receiver's NEXT db_version (at least the incoming one),
+    /// keep the incoming seq and origin site, and the receiver's clock jumps forward.
+    #[test]
+    fn rule_merged_rows_are_restamped_and_keep_origin() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        for k in ["t1", "t2", "t3"] {
+            insert(&mut a, k, Value::Text(k.into()));
+        }
+        let latest = a.changes_since(DbVersion(2), None);
+        assert_eq!(b.merge(&latest).expect("merge"), 3);
+        assert_eq!(b.db_version(), DbVersion(3));
+        let mut c = replica(SiteId([0x0C; 16]));
+        c.merge(&b.changes()).expect("forward");
+        assert!(
+            c.changes()
+                .iter()
+                .all(|ch| ch.site_id == A && ch.db_version == DbVersion(3))
+        );
+        assert_eq!(
+            summary(&c.changes())
+                .iter()
+                .map(|s| s.4)
+                .collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+    }
+
+    /// §5, E9c/E10a: a column that arrives before its row's re-creation sentinel resurrects
+    /// the row (sentinel := its cl) and applies.
+    #[test]
+    fn rule_column_before_its_sentinel_resurrects_the_row() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        sync(&mut a, &mut b);
+        delete(&mut a, "t1");
+        sync(&mut a, &mut b);
+        insert(&mut a, "t1", Value::Text("back".into()));
+        let title_only: Vec<Change> = a
+            .changes()
+            .into_iter()
+            .filter(|c| c.cid == "title")
+            .collect();
+        assert_eq!(b.merge(&title_only).expect("merge"), 1);
+        assert_eq!(title(&b, "t1"), Some(Value::Text("back".into())));
+        let sentinel = b
+            .changes()
+            .into_iter()
+            .find(|c| c.cid == "-1")
+            .expect("sentinel");
+        assert_eq!(sentinel.col_version, 3);
+    }
+
+    /// §5, E12: an unknown table or column aborts the whole batch.
+    #[test]
+    fn rule_unknown_table_or_column_aborts_the_whole_batch() {
+        let mut a = replica(A);
+        let mut good = insert(&mut a, "t1", Value::Text("x".into()));
+        let mut b = replica(B);
+        let mut bad = good[0].clone();
+        bad.cid = "priority".into();
+        good.push(bad);
+        assert!(matches!(
+            b.merge(&good),
+            Err(EngineError::UnknownColumn { .. })
+        ));
+        assert_eq!(b.changes(), vec![]);
+        good.pop();
+        let mut bad = good[0].clone();
+        bad.table = "lists".into();
+        good.push(bad);
+        assert!(matches!(b.merge(&good), Err(EngineError::UnknownTable(_))));
+        assert_eq!(b.db_version(), DbVersion(0));
+    }
+
+    /// R8: merging the same changes again changes nothing.
+    #[test]
+    fn rule_merge_is_idempotent() {
+        let (mut a, mut b) = (replica(A), replica(B));
+        insert(&mut a, "t1", Value::Text("x".into()));
+        set(&mut a, "t1", "title", Value::Text("y".into()));
+        let all = a.changes();
+        assert_eq!(b.merge(&all).expect("first"), 3);
+        let before = b.clone();
+        assert_eq!(b.merge(&all).expect("again"), 0);
+        assert_eq!(b.changes(), before.changes());
+    }
+
+    /// §8, E11: values are stored with column affinity, and a tie compares the incoming raw
+    /// value with the stored one: '9' (TEXT) loses to a stored 7 (INTEGER), 9 wins.
+    #[test]
+    fn rule_affinity_before_comparison() {
+        let mut b = replica(B);
+        let pk = pack_columns(&id("t1")).expect("pk");
+        let mk = |val: Value, site: SiteId| Change {
+            table: "todos".into(),
+            pk: pk.clone(),
+            cid: "completed".into(),
+            val,
+            col_version: 1,
+            db_version: DbVersion(1),
+            site_id: site,
+            cl: 1,
+            seq: 0,
+        };
+        b.merge(&[mk(Value::Text("7".into()), A)]).expect("merge");
+        assert_eq!(b.rows("todos").expect("rows")[0][2], Value::Integer(7));
+        b.merge(&[mk(Value::Text("9".into()), SiteId([0x0C; 16]))])
+            .expect("merge");
+        assert_eq!(b.rows("todos").expect("rows")[0][2], Value::Integer(7));
+        b.merge(&[mk(Value::Integer(9), SiteId([0x0C; 16]))])
+            .expect("merge");
+        assert_eq!(b.rows("todos").expect("rows")[0][2], Value::Integer(9));
+    }
+
+    /// §4, E11b: a TEXT '5' key and an INTEGER 5 key are different rows' keys.
+    #[test]
+    fn rule_pk_type_matters() {
+        let text = pack_columns(&[Value::Text("5".into())]).expect("pk");
+        let int = pack_columns(&[Value::Integer(5)]).expect("pk");
+        assert_ne!(text, int);
+    }
+
+    /// §3, E16 and the commit hook: an UPDATE that changes nothing still takes a db_version
+    /// for this connection; a transaction that wrote nothing makes it re-read the clocks.
+    #[test]
+    fn rule_db_version_cache_follows_the_commit_hook() {
+        let mut a = replica(A);
+        insert(&mut a, "t1", Value::Text("x".into()));
+        set(&mut a, "t1", "title", Value::Text("x".into()));
+        assert_eq!(a.db_version(), DbVersion(2));
+        delete(&mut a, "nope");
+        assert_eq!(a.db_version(), DbVersion(1));
+    }
+}
