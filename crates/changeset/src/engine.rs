@@ -559,6 +559,58 @@ impl Replica {
         Ok(1)
     }
 
+    pub(crate) fn merge_equal_values(&self) -> bool {
+        self.merge_equal_values
+    }
+
+    /// Every row's state, for snapshots: (pk, values, sentinel, column clocks).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn table_states(
+        &self,
+    ) -> Vec<(
+        &str,
+        Vec<(
+            &[u8],
+            Option<&Vec<Value>>,
+            Option<&Clock>,
+            Vec<(&str, &Clock)>,
+        )>,
+    )> {
+        self.tables
+            .iter()
+            .map(|(name, t)| {
+                let rows = t
+                    .rows
+                    .iter()
+                    .map(|(pk, r)| {
+                        (
+                            pk.as_slice(),
+                            r.values.as_ref(),
+                            r.sentinel.as_ref(),
+                            r.clocks.iter().map(|(c, k)| (c.as_str(), k)).collect(),
+                        )
+                    })
+                    .collect();
+                (name.as_str(), rows)
+            })
+            .collect()
+    }
+
+    pub(crate) fn restore_row(
+        &mut self,
+        table: &str,
+        pk: Vec<u8>,
+        pk_values: Vec<Value>,
+        values: Option<Vec<Value>>,
+        sentinel: Option<Clock>,
+        clocks: Vec<(String, Clock)>,
+    ) {
+        let row = self.row_mut(table, &pk, pk_values);
+        row.values = values;
+        row.sentinel = sentinel;
+        row.clocks = clocks.into_iter().collect();
+    }
+
     /// `crsql_changes`, ordered by db_version then seq (then table, pk, cid, so the order is
     /// total).
     pub fn changes(&self) -> Vec<Change> {

@@ -5,7 +5,9 @@
 //! - [`pk`]: the primary-key packing of `crsql_pack_columns`, byte-exact;
 //! - [`wire`]: the compact, versioned binary form of a batch of changes, for libp2p;
 //! - [`affinity`]: SQLite column affinity, applied before values are stored or compared;
-//! - [`engine`]: an in-memory replica that writes and merges exactly as cr-sqlite does.
+//! - [`engine`]: an in-memory replica that writes and merges exactly as cr-sqlite does;
+//! - [`snapshot`]: a replica's whole state as bytes (what the browser keeps in OPFS);
+//! - [`sync`]: sans-IO pull sync: watermarks per source site, pages cut on whole db_versions.
 //!
 //! The rules are those of shared/research/crsqlite-merge-spec.md; section numbers in comments
 //! refer to it.
@@ -15,6 +17,8 @@ pub mod affinity;
 pub mod change;
 pub mod engine;
 pub mod pk;
+pub mod snapshot;
+pub mod sync;
 pub mod value;
 pub mod wire;
 
@@ -22,5 +26,7 @@ pub use affinity::Affinity;
 pub use change::{Change, SENTINEL_CID};
 pub use engine::{Column, EngineError, Replica, TableSchema, Write};
 pub use pk::{PkError, pack_columns, unpack_columns};
+pub use snapshot::SnapshotError;
+pub use sync::{Page, PageLimits, Request, SyncState};
 pub use value::{DbVersion, SiteId, SiteIdParseError, Value};
 pub use wire::{WireError, decode_changes, encode_changes};

@@ -67,25 +67,7 @@ pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
         put_varint(&mut out, index_of(&c.table));
         put_varint(&mut out, index_of(&c.cid));
         put_bytes(&mut out, &c.pk);
-        match &c.val {
-            Value::Null => out.push(0),
-            Value::Integer(i) => {
-                out.push(1);
-                put_zigzag(&mut out, *i);
-            }
-            Value::Real(f) => {
-                out.push(2);
-                out.extend_from_slice(&f.to_be_bytes());
-            }
-            Value::Text(t) => {
-                out.push(3);
-                put_bytes(&mut out, t.as_bytes());
-            }
-            Value::Blob(b) => {
-                out.push(4);
-                put_bytes(&mut out, b);
-            }
-        }
+        put_value(&mut out, &c.val);
         put_zigzag(&mut out, c.col_version);
         put_varint(&mut out, c.db_version.0);
         put_varint(
@@ -96,6 +78,28 @@ pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
         put_zigzag(&mut out, c.seq);
     }
     out
+}
+
+pub(crate) fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.push(0),
+        Value::Integer(i) => {
+            out.push(1);
+            put_zigzag(out, *i);
+        }
+        Value::Real(f) => {
+            out.push(2);
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Text(t) => {
+            out.push(3);
+            put_bytes(out, t.as_bytes());
+        }
+        Value::Blob(b) => {
+            out.push(4);
+            put_bytes(out, b);
+        }
+    }
 }
 
 pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, WireError> {
@@ -122,18 +126,7 @@ pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, WireError> {
         let table = pick(&strings, r.varint()?)?.clone();
         let cid = pick(&strings, r.varint()?)?.clone();
         let pk = r.bytes()?.to_vec();
-        let val = match r.byte()? {
-            0 => Value::Null,
-            1 => Value::Integer(r.zigzag()?),
-            2 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(r.take(8)?);
-                Value::Real(f64::from_be_bytes(b))
-            }
-            3 => Value::Text(r.string()?),
-            4 => Value::Blob(r.bytes()?.to_vec()),
-            tag => return Err(WireError::ValueTag(tag)),
-        };
+        let val = r.value()?;
         let col_version = r.zigzag()?;
         let db_version = DbVersion(r.varint()?);
         let site_id = *pick(&sites, r.varint()?)?;
@@ -167,7 +160,7 @@ fn pick<T>(items: &[T], index: u64) -> Result<&T, WireError> {
         })
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -175,19 +168,19 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_zigzag(out: &mut Vec<u8>, v: i64) {
+pub(crate) fn put_zigzag(out: &mut Vec<u8>, v: i64) {
     put_varint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
 
-struct Reader<'a>(&'a [u8]);
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.0.len() < n {
             return Err(WireError::Truncated);
         }
@@ -196,11 +189,11 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn byte(&mut self) -> Result<u8, WireError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, WireError> {
         Ok(self.take(1)?[0])
     }
 
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, WireError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -212,13 +205,13 @@ impl<'a> Reader<'a> {
         Err(WireError::Varint)
     }
 
-    fn zigzag(&mut self) -> Result<i64, WireError> {
+    pub(crate) fn zigzag(&mut self) -> Result<i64, WireError> {
         let v = self.varint()?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
     /// A count of items that each take at least one byte: never more than the bytes left.
-    fn count(&mut self) -> Result<usize, WireError> {
+    pub(crate) fn count(&mut self) -> Result<usize, WireError> {
         let n = self.varint()?;
         usize::try_from(n)
             .ok()
@@ -226,13 +219,28 @@ impl<'a> Reader<'a> {
             .ok_or(WireError::Truncated)
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let n = self.varint()?;
         let n = usize::try_from(n).map_err(|_| WireError::Truncated)?;
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, WireError> {
+    pub(crate) fn value(&mut self) -> Result<Value, WireError> {
+        Ok(match self.byte()? {
+            0 => Value::Null,
+            1 => Value::Integer(self.zigzag()?),
+            2 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(self.take(8)?);
+                Value::Real(f64::from_be_bytes(b))
+            }
+            3 => Value::Text(self.string()?),
+            4 => Value::Blob(self.bytes()?.to_vec()),
+            tag => return Err(WireError::ValueTag(tag)),
+        })
+    }
+
+    pub(crate) fn string(&mut self) -> Result<String, WireError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::NotUtf8)
     }
 }
