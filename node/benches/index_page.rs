@@ -10,7 +10,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
+
+mod common;
 
 const TODOS: usize = 1_000;
 const CONCURRENCY: usize = 16;
@@ -166,40 +168,21 @@ async fn main() {
     });
     drop(node);
 
-    println!("GET / with {TODOS} todos, concurrency {CONCURRENCY}, {elapsed:.1} s");
-    let baseline: Option<Value> = args
-        .compare
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| serde_json::from_str(&s).ok());
-    for key in [
-        "requests_per_sec",
-        "p50_ms",
-        "p99_ms",
-        "max_ms",
-        "page_bytes",
-        "seed_writes_per_sec",
-        "rss_idle_kib",
-        "rss_after_kib",
-        "rss_peak_kib",
-    ] {
-        let now = result[key].as_f64().unwrap_or(0.0);
-        let delta = baseline
-            .as_ref()
-            .and_then(|b| b[key].as_f64())
-            .filter(|old| *old != 0.0)
-            .map(|old| {
-                format!(
-                    "  ({:+.1}% vs baseline {old:.2})",
-                    (now - old) / old * 100.0
-                )
-            })
-            .unwrap_or_default();
-        println!("  {key:<20} {now:>12.2}{delta}");
-    }
-    println!("{result}");
-    if let Some(path) = args.save {
-        std::fs::write(&path, result.to_string()).expect("save results");
-        println!("saved to {path}");
-    }
+    common::report(
+        &format!("GET / with {TODOS} todos, concurrency {CONCURRENCY}, {elapsed:.1} s"),
+        &result,
+        &[
+            "requests_per_sec",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "page_bytes",
+            "seed_writes_per_sec",
+            "rss_idle_kib",
+            "rss_after_kib",
+            "rss_peak_kib",
+        ],
+        args.save.as_deref(),
+        args.compare.as_deref(),
+    );
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod common;
+
 struct Node {
     child: Child,
     http: u16,
@@ -186,35 +188,19 @@ async fn main() {
         "catch_up_changes_per_sec": missed / catch_up.as_secs_f64(),
         "seed_writes_per_sec": (per_worker * 16) as f64 / seeded.as_secs_f64(),
     });
-    let baseline: Option<Value> = compare
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| serde_json::from_str(&s).ok());
-    println!("replication between two nodes on loopback");
-    for key in [
-        "propagation_p50_ms",
-        "propagation_p99_ms",
-        "propagation_max_ms",
-        "missed_changes",
-        "catch_up_secs",
-        "catch_up_changes_per_sec",
-        "seed_writes_per_sec",
-    ] {
-        let now = result[key].as_f64().unwrap_or(0.0);
-        let delta = baseline
-            .as_ref()
-            .and_then(|b| b[key].as_f64())
-            .filter(|old| *old != 0.0)
-            .map(|old| {
-                format!(
-                    "  ({:+.1}% vs baseline {old:.2})",
-                    (now - old) / old * 100.0
-                )
-            })
-            .unwrap_or_default();
-        println!("  {key:<26} {now:>12.2}{delta}");
-    }
-    println!("{result}");
-    if let Some(path) = save {
-        std::fs::write(&path, result.to_string()).expect("save");
-    }
+    common::report(
+        "replication between two nodes on loopback",
+        &result,
+        &[
+            "propagation_p50_ms",
+            "propagation_p99_ms",
+            "propagation_max_ms",
+            "missed_changes",
+            "catch_up_secs",
+            "catch_up_changes_per_sec",
+            "seed_writes_per_sec",
+        ],
+        save.as_deref(),
+        compare.as_deref(),
+    );
 }

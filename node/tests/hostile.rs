@@ -171,14 +171,7 @@ async fn attack(attack: Attack) {
             break;
         }
     }
-    let peers: serde_json::Value = common::client()
-        .get(node.url("/api/peers"))
-        .send()
-        .await
-        .expect("peers")
-        .json()
-        .await
-        .expect("json");
+    let peers = common::get_json(&node, "/api/peers").await;
     assert_eq!(peers["peers"].as_array().expect("peers").len(), 0);
     node.stop().await;
 }

@@ -2,18 +2,11 @@
 
 mod common;
 
-use common::{TestNode, add, client, get_text, post_form, todos};
+use common::{TestNode, add, client, get_json, get_text, post_form, todos};
 use serde_json::Value;
 
 async fn db_version(node: &TestNode) -> i64 {
-    let health: Value = client()
-        .get(node.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health: Value = get_json(node, "/health").await;
     health["db_version"].as_i64().expect("db_version")
 }
 
@@ -309,14 +302,7 @@ async fn health_reports_the_replica() {
     config.node_name = "node-a".to_owned();
     let node = TestNode::start_with(config).await;
     add(&node, "one").await;
-    let h: Value = client()
-        .get(node.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let h: Value = get_json(&node, "/health").await;
     assert_eq!(h["status"], "ok");
     assert_eq!(h["node_name"], "node-a");
     assert_eq!(h["todos"], 1);
@@ -332,14 +318,7 @@ async fn data_and_site_id_survive_a_restart() {
     let node = TestNode::start(dir.path()).await;
     let id = add(&node, "remember me").await;
     post_form(&node, &format!("/todos/{id}/toggle"), &[("completed", "1")]).await;
-    let site: Value = client()
-        .get(node.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let site: Value = get_json(&node, "/health").await;
     node.stop().await;
 
     let node = TestNode::start(dir.path()).await;
@@ -347,28 +326,14 @@ async fn data_and_site_id_survive_a_restart() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["title"], "remember me");
     assert_eq!(all[0]["completed"], true);
-    let again: Value = client()
-        .get(node.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let again: Value = get_json(&node, "/health").await;
     assert_eq!(site["site_id"], again["site_id"]);
     assert_eq!(again["db_version"], 2);
     node.stop().await;
 }
 
 async fn changes(node: &TestNode, query: &str) -> Value {
-    client()
-        .get(node.url(&format!("/api/changes?{query}")))
-        .send()
-        .await
-        .expect("changes")
-        .json()
-        .await
-        .expect("json")
+    get_json(node, &format!("/api/changes?{query}")).await
 }
 
 fn pk_of(id: &str) -> String {

@@ -34,14 +34,7 @@ async fn wait_for_titles(node: &TestNode, want: &[&str]) {
 
 /// The full replicated state, as cr-sqlite sees it, minus the local db_versions.
 async fn state(node: &TestNode) -> Vec<serde_json::Value> {
-    let page: serde_json::Value = common::client()
-        .get(node.url("/api/changes?since=0"))
-        .send()
-        .await
-        .expect("changes")
-        .json()
-        .await
-        .expect("json");
+    let page = common::get_json(node, "/api/changes?since=0").await;
     let mut rows: Vec<serde_json::Value> = page["changes"]
         .as_array()
         .expect("changes")

@@ -97,14 +97,7 @@ pub async fn get_text(node: &TestNode, path: &str) -> (u16, String) {
 }
 
 pub async fn todos(node: &TestNode) -> Vec<serde_json::Value> {
-    client()
-        .get(node.url("/api/todos"))
-        .send()
-        .await
-        .expect("get todos")
-        .json()
-        .await
-        .expect("todos json")
+    serde_json::from_value(get_json(node, "/api/todos").await).expect("a list of todos")
 }
 
 /// Adds a todo through the form and returns its id (found by title in /api/todos).
@@ -122,14 +115,7 @@ pub async fn add(node: &TestNode, title: &str) -> String {
 
 /// The node's libp2p address for others to bootstrap from (`/ip4/…/tcp/…/p2p/<id>`).
 pub async fn p2p_addr(node: &TestNode) -> String {
-    let status: serde_json::Value = client()
-        .get(node.url("/api/peers"))
-        .send()
-        .await
-        .expect("peers")
-        .json()
-        .await
-        .expect("json");
+    let status = get_json(node, "/api/peers").await;
     let addr = status["listen_addrs"][0]
         .as_str()
         .expect("a listen address");
@@ -179,4 +165,16 @@ pub async fn titles(node: &TestNode) -> Vec<String> {
         .collect();
     t.sort();
     t
+}
+
+/// GET `path` and parse the JSON answer.
+pub async fn get_json(node: &TestNode, path: &str) -> serde_json::Value {
+    client()
+        .get(node.url(path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
 }
