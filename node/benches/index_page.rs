@@ -7,12 +7,13 @@
 //!
 //! cargo bench -p todo-node --bench index_page [-- --seconds 10 --save out.json --compare old.json]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 mod common;
+use common::{NodeProcess, free_port};
 
 const TODOS: usize = 1_000;
 const CONCURRENCY: usize = 16;
@@ -42,22 +43,8 @@ fn args() -> Args {
 }
 
 struct Node {
-    child: Child,
+    process: NodeProcess,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -89,7 +76,10 @@ async fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start todo-node");
-    let node = Node { child, _dir: dir };
+    let node = Node {
+        process: NodeProcess(child),
+        _dir: dir,
+    };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -105,7 +95,7 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rss_idle = rss_kib(node.child.id(), "VmRSS:");
+    let rss_idle = rss_kib(node.process.0.id(), "VmRSS:");
 
     let seed = Instant::now();
     for i in 0..TODOS {
@@ -149,7 +139,7 @@ async fn main() {
     }
     let elapsed = load.elapsed().as_secs_f64();
     latencies.sort();
-    let pid = node.child.id();
+    let pid = node.process.0.id();
     let result = json!({
         "bench": "index_page",
         "todos": TODOS,

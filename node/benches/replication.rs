@@ -7,30 +7,17 @@
 //!
 //! cargo bench -p todo-node --bench replication [-- --changes 100000 --save f.json --compare f.json]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
+use common::{NodeProcess, free_port};
 
 struct Node {
-    child: Child,
+    _process: NodeProcess,
     http: u16,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -> Node {
@@ -47,7 +34,7 @@ fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -
         cmd.env("BOOTSTRAP_PEERS", b);
     }
     Node {
-        child: cmd.spawn().expect("start todo-node"),
+        _process: NodeProcess(cmd.spawn().expect("start todo-node")),
         http,
     }
 }

@@ -1002,11 +1002,12 @@ mod tests {
     }
 
     /// §5, R6: with merge-equal-values, equal values tie-break on the larger site id.
-    #[test]
-    fn rule_merge_equal_values_breaks_ties_by_site_id() {
+    /// Both replicas write the same title concurrently; returns whose site each one's title
+    /// clock names afterwards.
+    fn equal_concurrent_titles(merge_equal_values: bool) -> (Option<SiteId>, Option<SiteId>) {
         let (mut a, mut b) = (replica(A), replica(B));
-        a.set_merge_equal_values(true);
-        b.set_merge_equal_values(true);
+        a.set_merge_equal_values(merge_equal_values);
+        b.set_merge_equal_values(merge_equal_values);
         insert(&mut a, "t1", Value::Text("x".into()));
         sync(&mut a, &mut b);
         set(&mut a, "t1", "title", Value::Text("same".into()));
@@ -1018,27 +1019,18 @@ mod tests {
                 .find(|c| c.cid == "title")
                 .map(|c| c.site_id)
         };
-        assert_eq!(site_of(&a), Some(B));
-        assert_eq!(site_of(&b), Some(B));
+        (site_of(&a), site_of(&b))
+    }
+
+    #[test]
+    fn rule_merge_equal_values_breaks_ties_by_site_id() {
+        assert_eq!(equal_concurrent_titles(true), (Some(B), Some(B)));
     }
 
     /// §5, R6b: without the setting an equal value is a no-op; each keeps its own clock.
     #[test]
     fn rule_equal_values_without_the_setting_keep_local_clocks() {
-        let (mut a, mut b) = (replica(A), replica(B));
-        insert(&mut a, "t1", Value::Text("x".into()));
-        sync(&mut a, &mut b);
-        set(&mut a, "t1", "title", Value::Text("same".into()));
-        set(&mut b, "t1", "title", Value::Text("same".into()));
-        sync(&mut a, &mut b);
-        let site_of = |r: &Replica| {
-            r.changes()
-                .into_iter()
-                .find(|c| c.cid == "title")
-                .map(|c| c.site_id)
-        };
-        assert_eq!(site_of(&a), Some(A));
-        assert_eq!(site_of(&b), Some(B));
+        assert_eq!(equal_concurrent_titles(false), (Some(A), Some(B)));
     }
 
     /// §6, E7: merged rows get the receiver's NEXT db_version (at least the incoming one),

@@ -1,7 +1,26 @@
 //! Shared by the node's benchmarks: print figures (with the change against a saved baseline)
 //! and save them as JSON, so runs can be compared.
 
+use std::process::Child;
+
 use serde_json::Value;
+
+/// A node process, killed when dropped (also when the benchmark panics).
+pub struct NodeProcess(pub Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
 
 /// Prints each of `keys` from `result`, with its change against the baseline file at
 /// `compare`, then the whole result as one JSON line; writes it to `save` when given.
