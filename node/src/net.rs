@@ -563,7 +563,7 @@ impl EventLoop {
         state.round_changes = 0;
         match state.site {
             Some(site) => self.spawn_db(move |store| match store.watermark(site) {
-                Ok(since) => Done::SyncWatermark { peer, site, since },
+                Ok(since) => Done::SyncWatermark { peer, since },
                 Err(e) => Done::MergeFailed {
                     peer,
                     error: format!("reading watermark: {e}"),
@@ -796,10 +796,9 @@ impl EventLoop {
                 }
                 Err(error) => tracing::error!(%peer, %error, "reading changes for a peer failed"),
             },
-            Done::SyncWatermark { peer, site, since } => {
+            Done::SyncWatermark { peer, since } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.watermark = Some(since);
-                    let _ = site;
                 }
                 self.request_page(peer, since);
             }
