@@ -124,7 +124,6 @@ enum Done {
     ),
     SyncWatermark {
         peer: PeerId,
-        site: SiteId,
         since: DbVersion,
     },
     SyncMerged {
