@@ -184,10 +184,17 @@ impl Store {
         })
     }
 
-    /// Adds a todo with a fresh UUIDv7 id; returns it as stored.
-    pub fn add(&self, title: &str, created_at: i64) -> Result<Todo, StoreError> {
+    /// Adds a todo, with a fresh UUIDv7 id unless the client chose one. A client-chosen id
+    /// that exists already leaves that todo as it is (the post was a retry), so adding is
+    /// idempotent. Returns the todo as stored.
+    pub fn add(
+        &self,
+        title: &str,
+        created_at: i64,
+        client_id: Option<String>,
+    ) -> Result<Todo, StoreError> {
         let todo = Todo {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: client_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             title: title.to_owned(),
             completed: false,
             created_at,
@@ -195,7 +202,7 @@ impl Store {
         self.write(true, |tx| {
             tx.prepare_cached(
                 "INSERT INTO todos (id, title, completed, created_at) VALUES (?1, ?2, 0, ?3)
-                 ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+                 ON CONFLICT (id) DO NOTHING",
             )?
             .execute(params![todo.id, todo.title, todo.created_at])?;
             Ok(())

@@ -6,10 +6,12 @@
 //! (embedded templates, or a folder reloaded on every render during development).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod form;
 pub mod templates;
 pub mod todo;
 pub mod view;
 
+pub use form::{parse_client_id, parse_completed, return_target};
 pub use templates::{RenderError, Templates};
 pub use todo::{Filter, FilterParseError, TitleError, Todo, TodoCounts, validate_title};
 pub use view::{ErrorPage, FilterLink, FormError, IndexPage, TodoItem};

@@ -3,7 +3,9 @@
 //! without JavaScript. A title that fails validation gets the page again, 422, with the message
 //! and what was typed.
 
-use app::{Filter, FormError, IndexPage, validate_title};
+use app::{
+    Filter, FormError, IndexPage, parse_client_id, parse_completed, return_target, validate_title,
+};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -37,16 +39,6 @@ async fn page(state: &AppState, filter: Filter) -> Result<IndexPage, AppError> {
     Ok(IndexPage::new(&todos, filter, &state.node_name))
 }
 
-/// Where to send the browser after a post: only the app's own list pages, never a URL a form
-/// (or an attacker) supplies verbatim.
-fn return_target(return_to: Option<&str>) -> (Filter, &'static str) {
-    match return_to {
-        Some("/?filter=active") => (Filter::Active, "/?filter=active"),
-        Some("/?filter=completed") => (Filter::Completed, "/?filter=completed"),
-        _ => (Filter::All, "/"),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 pub struct TitleForm {
     title: String,
@@ -54,17 +46,34 @@ pub struct TitleForm {
     return_to: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+pub struct NewTodoForm {
+    title: String,
+    /// Set by the page's script (a fresh UUID per submission): a retried or offline-replayed
+    /// post then creates the same todo once. Without it the node picks the id.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    return_to: Option<String>,
+}
+
 pub async fn create(
     State(state): State<AppState>,
-    HtmlForm(form): HtmlForm<TitleForm>,
+    HtmlForm(form): HtmlForm<NewTodoForm>,
 ) -> Result<Response, AppError> {
     let (filter, target) = return_target(form.return_to.as_deref());
+    let id = match form.id.as_deref().filter(|id| !id.is_empty()) {
+        Some(id) => Some(parse_client_id(id).map_err(AppError::BadRequest)?),
+        None => None,
+    };
     let title = match validate_title(&form.title) {
         Ok(title) => title,
         Err(e) => return invalid(&state, filter, None, e, form.title).await,
     };
     let created_at = now_millis();
-    let todo = state.with_store(move |s| s.add(&title, created_at)).await?;
+    let todo = state
+        .with_store(move |s| s.add(&title, created_at, id))
+        .await?;
     tracing::info!(id = %todo.id, "todo added");
     Ok(Redirect::to(target).into_response())
 }
@@ -103,15 +112,7 @@ pub async fn toggle(
     HtmlForm(form): HtmlForm<ToggleForm>,
 ) -> Result<Response, AppError> {
     let (_, target) = return_target(form.return_to.as_deref());
-    let completed = match form.completed.as_str() {
-        "1" | "true" => true,
-        "0" | "false" => false,
-        other => {
-            return Err(AppError::BadRequest(format!(
-                "completed must be 1 or 0, not {other:?}."
-            )));
-        }
-    };
+    let completed = parse_completed(&form.completed).map_err(AppError::BadRequest)?;
     state
         .with_store(move |s| s.set_completed(&id, completed))
         .await?;
