@@ -16,3 +16,7 @@ apt_install() {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
+
+# The browser peer's bundle (wasm-bindgen output, wasm-opt'd), built by ci/build-wasm.sh and
+# embedded into the node by node/build.rs.
+export WASM_BUNDLE_DIR=${WASM_BUNDLE_DIR:-$TODO_CACHE/wasm-bundle}

@@ -58,6 +58,11 @@ impl SyncState {
         self.watermarks.get(&source).copied().unwrap_or_default()
     }
 
+    /// Every watermark, to persist the state.
+    pub fn watermarks(&self) -> impl Iterator<Item = (SiteId, DbVersion)> + '_ {
+        self.watermarks.iter().map(|(s, v)| (*s, *v))
+    }
+
     /// What to ask `source` for next.
     pub fn request(&self, me: SiteId, source: SiteId, limits: PageLimits) -> Request {
         Request {
@@ -78,6 +83,15 @@ impl SyncState {
         let w = self.watermarks.entry(page.source).or_default();
         *w = (*w).max(page.up_to);
         Ok(page.more)
+    }
+}
+
+impl FromIterator<(SiteId, DbVersion)> for SyncState {
+    /// Restores a persisted state.
+    fn from_iter<I: IntoIterator<Item = (SiteId, DbVersion)>>(iter: I) -> Self {
+        Self {
+            watermarks: iter.into_iter().collect(),
+        }
     }
 }
 

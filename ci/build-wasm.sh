@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the browser peer (wasm-peer/) into $WASM_BUNDLE_DIR: cargo for wasm32 with the
+# size-optimised wasm-release profile, wasm-bindgen (the CLI of exactly the version in
+# Cargo.lock, installed under ~/.cache when missing), then wasm-opt -Oz from npm's binaryen
+# (Debian's is too old and emits broken modules). Prints raw and gzip sizes. Quick when
+# nothing changed: each step is skipped when its input is the same as last time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source ci/env.sh
+
+BINARYEN_VERSION=132.0.0
+bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+[ -n "$bindgen_version" ] || { echo "wasm-bindgen is not in Cargo.lock" >&2; exit 1; }
+bindgen_dir=$TODO_CACHE/wasm-bindgen-$bindgen_version
+binaryen_dir=$TODO_CACHE/binaryen-$BINARYEN_VERSION
+
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+if [ ! -x "$bindgen_dir/bin/wasm-bindgen" ]; then
+  echo "installing wasm-bindgen-cli $bindgen_version into $bindgen_dir (about 3 minutes, once)"
+  cargo install --quiet --locked wasm-bindgen-cli --version "$bindgen_version" --root "$bindgen_dir"
+fi
+if [ ! -x "$binaryen_dir/node_modules/.bin/wasm-opt" ]; then
+  command -v npm >/dev/null || apt_install npm
+  echo "installing binaryen $BINARYEN_VERSION (npm) into $binaryen_dir"
+  mkdir -p "$binaryen_dir"
+  npm install --silent --no-audit --no-fund --prefix "$binaryen_dir" "binaryen@$BINARYEN_VERSION" >/dev/null
+fi
+
+cargo build --quiet --locked -p wasm-peer --target wasm32-unknown-unknown --profile wasm-release
+input=$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/wasm_peer.wasm
+input_sum=$(sha256sum "$input" | cut -d' ' -f1)
+if [ "$(cat "$WASM_BUNDLE_DIR/.input.sha256" 2>/dev/null)" != "$input_sum" ]; then
+  work=$(mktemp -d "$TODO_CACHE/wasm-bundle.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  "$bindgen_dir/bin/wasm-bindgen" --target web --no-typescript --out-dir "$work" "$input"
+  "$binaryen_dir/node_modules/.bin/wasm-opt" -Oz --enable-bulk-memory --enable-sign-ext \
+    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types \
+    --enable-multivalue -o "$work/wasm_peer_bg.opt.wasm" "$work/wasm_peer_bg.wasm"
+  mv "$work/wasm_peer_bg.opt.wasm" "$work/wasm_peer_bg.wasm"
+  echo "$input_sum" > "$work/.input.sha256"
+  # Replace the bundle in one step, so a half-written one is never embedded.
+  rm -rf "$WASM_BUNDLE_DIR.old"
+  [ -d "$WASM_BUNDLE_DIR" ] && mv "$WASM_BUNDLE_DIR" "$WASM_BUNDLE_DIR.old"
+  mv "$work" "$WASM_BUNDLE_DIR"
+  rm -rf "$WASM_BUNDLE_DIR.old"
+  trap - EXIT
+fi
+
+for f in wasm_peer_bg.wasm wasm_peer.js; do
+  printf '%-20s %8d bytes raw, %7d bytes gzip\n' "$f" \
+    "$(stat -c %s "$WASM_BUNDLE_DIR/$f")" "$(gzip -9c "$WASM_BUNDLE_DIR/$f" | wc -c)"
+done

@@ -1,0 +1,673 @@
+//! The browser's replica and what the page asks of it, free of any browser API so it is
+//! tested natively: render the app's pages from local data, apply the app's form posts
+//! locally, and the two halves of syncing with a node over HTTP (push what no node holds yet,
+//! pull what the node has that this replica lacks).
+//!
+//! Persisted state (one blob, written atomically by the page to OPFS):
+//! ```text
+//! state := "TPEER" version:u8(=1) meta_len:u32le meta:json snapshot
+//! meta  := {"pulled": {"<site hex>": db_version, ...}, "pushed_up_to": db_version}
+//! ```
+//! `pushed_up_to` is this replica's db_version up to which every change is held by some node:
+//! changes above it are "waiting to sync". It advances when a node acknowledges a push, and
+//! when a pull merges while nothing was waiting (changes that came from a node need not go
+//! back to it).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use app::{
+    ErrorPage, Filter, FormError, IndexPage, Templates, TitleError, Todo, parse_client_id,
+    parse_completed, return_target, validate_title,
+};
+use changeset::sync::page as cut_page;
+use changeset::{
+    Change, DbVersion, EngineError, PageLimits, Replica, SiteId, SnapshotError, SyncState,
+    TableSchema, Value, Write,
+};
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 5] = b"TPEER";
+const VERSION_1: u8 = 1;
+const TODOS: &str = "todos";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("saved browser state is not readable: {0}")]
+    State(String),
+    #[error("saved replica is not readable: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("replica refused the changes: {0}")]
+    Engine(#[from] EngineError),
+    #[error("a node's changes page is malformed: {0}")]
+    Page(String),
+    #[error("template rendering failed: {0}")]
+    Render(#[from] app::RenderError),
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    pulled: BTreeMap<String, u64>,
+    pushed_up_to: u64,
+}
+
+/// A page to show: the same HTML a node would answer, with its status.
+#[derive(Debug, Serialize)]
+pub struct Rendered {
+    pub status: u16,
+    pub html: String,
+}
+
+/// What a form post did: like the node's answer, a redirect (303) or a page (error, 422).
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    Redirect { location: String },
+    Page { status: u16, html: String },
+}
+
+/// One push to a node: the body of `POST /api/changes` and where to acknowledge up to.
+#[derive(Debug)]
+pub struct PushBatch {
+    pub body: String,
+    pub up_to: DbVersion,
+    pub changes: usize,
+}
+
+/// A node's `GET /api/changes` answer.
+#[derive(Debug, Deserialize)]
+struct NodePage {
+    site_id: String,
+    changes: Vec<Change>,
+    up_to: u64,
+    more: bool,
+}
+
+#[derive(Serialize)]
+struct PushBody<'a> {
+    changes: &'a [Change],
+}
+
+pub struct Peer {
+    replica: Replica,
+    pulled: SyncState,
+    pushed_up_to: DbVersion,
+    templates: Templates,
+}
+
+/// An error answered as a page, like the node's `AppError`.
+struct PageError {
+    status: u16,
+    title: &'static str,
+    message: String,
+}
+
+impl PageError {
+    fn not_found(message: &str) -> Self {
+        Self {
+            status: 404,
+            title: "Not found",
+            message: message.to_owned(),
+        }
+    }
+
+    fn bad_request(message: String) -> Self {
+        Self {
+            status: 400,
+            title: "Bad request",
+            message,
+        }
+    }
+}
+
+impl Peer {
+    pub fn new(site: SiteId) -> Self {
+        Self {
+            replica: Replica::new(site, vec![TableSchema::todos()]),
+            pulled: SyncState::default(),
+            pushed_up_to: DbVersion(0),
+            templates: Templates::embedded(),
+        }
+    }
+
+    pub fn load(bytes: &[u8]) -> Result<Self, PeerError> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| PeerError::State("bad magic bytes".into()))?;
+        let (&version, rest) = rest
+            .split_first()
+            .ok_or_else(|| PeerError::State("truncated".into()))?;
+        if version != VERSION_1 {
+            return Err(PeerError::State(format!(
+                "format version {version} is not supported (this build reads {VERSION_1})"
+            )));
+        }
+        let (len, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| PeerError::State("truncated".into()))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(PeerError::State("truncated".into()));
+        }
+        let (meta, snapshot) = rest.split_at(len);
+        let meta: Meta =
+            serde_json::from_slice(meta).map_err(|e| PeerError::State(e.to_string()))?;
+        let pulled = meta
+            .pulled
+            .iter()
+            .map(|(site, v)| {
+                site.parse::<SiteId>()
+                    .map(|s| (s, DbVersion(*v)))
+                    .map_err(|e| PeerError::State(e.to_string()))
+            })
+            .collect::<Result<SyncState, _>>()?;
+        Ok(Self {
+            replica: Replica::from_snapshot(snapshot, vec![TableSchema::todos()])?,
+            pulled,
+            pushed_up_to: DbVersion(meta.pushed_up_to),
+            templates: Templates::embedded(),
+        })
+    }
+
+    pub fn save(&self) -> Vec<u8> {
+        let meta = Meta {
+            pulled: self
+                .pulled
+                .watermarks()
+                .map(|(s, v)| (s.to_string(), v.0))
+                .collect(),
+            pushed_up_to: self.pushed_up_to.0,
+        };
+        let meta = serde_json::to_vec(&meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(meta.len() + 64);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION_1);
+        out.extend_from_slice(&u32::try_from(meta.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.replica.to_snapshot());
+        out
+    }
+
+    pub fn site_id(&self) -> SiteId {
+        self.replica.site_id()
+    }
+
+    /// Every todo, in the node's order (created_at, then id).
+    pub fn todos(&self) -> Vec<Todo> {
+        let mut todos: Vec<Todo> = self
+            .replica
+            .rows(TODOS)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [
+                    Value::Text(id),
+                    Value::Text(title),
+                    Value::Integer(completed),
+                    Value::Integer(created_at),
+                ] => Some(Todo {
+                    id: id.clone(),
+                    title: title.clone(),
+                    completed: *completed != 0,
+                    created_at: *created_at,
+                }),
+                _ => None,
+            })
+            .collect();
+        todos.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        todos
+    }
+
+    /// Transactions made or received here that no node has acknowledged yet.
+    pub fn pending_changes(&self) -> usize {
+        self.replica
+            .changes_since(self.pushed_up_to, None)
+            .iter()
+            .map(|c| c.db_version)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// The page at `path?query`, as the node would render it, in offline mode.
+    pub fn render(&self, path: &str, query: &str, node_name: &str) -> Result<Rendered, PeerError> {
+        if path != "/" {
+            return self.error_page(PageError::not_found("There is no page at this address."));
+        }
+        let filter = form_fields(query)
+            .get("filter")
+            .map_or(Ok(Filter::All), |f| f.parse::<Filter>());
+        match filter {
+            Ok(filter) => Ok(Rendered {
+                status: 200,
+                html: self.index(filter, node_name, None)?,
+            }),
+            Err(e) => self.error_page(PageError::bad_request(e.to_string())),
+        }
+    }
+
+    /// Applies a form post to the local replica, as the node's handler for `path` would.
+    /// `new_id` is used for a new todo whose form carried no id.
+    pub fn submit(
+        &mut self,
+        path: &str,
+        body: &str,
+        now_ms: i64,
+        new_id: &str,
+        node_name: &str,
+    ) -> Result<Outcome, PeerError> {
+        let fields = form_fields(body);
+        let (filter, target) = return_target(fields.get("return_to").map(String::as_str));
+        let redirect = Outcome::Redirect {
+            location: target.to_owned(),
+        };
+        let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or("");
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let result = match segments.as_slice() {
+            ["todos"] => {
+                let id = match fields.get("id").filter(|id| !id.is_empty()) {
+                    Some(id) => parse_client_id(id),
+                    None => parse_client_id(new_id),
+                };
+                match (id, validate_title(field("title"))) {
+                    (Err(e), _) => Err(PageError::bad_request(e)),
+                    (Ok(_), Err(e)) => {
+                        return self.invalid(filter, None, &e, field("title"), node_name);
+                    }
+                    (Ok(id), Ok(title)) => self.add(id, title, now_ms),
+                }
+            }
+            ["todos", "clear-completed"] => self.clear_completed(),
+            ["todos", id, "toggle"] => match parse_completed(field("completed")) {
+                Ok(completed) => self.update(id, "completed", Value::Integer(completed.into())),
+                Err(e) => Err(PageError::bad_request(e)),
+            },
+            ["todos", id, "title"] => match validate_title(field("title")) {
+                Ok(title) => self.update(id, "title", Value::Text(title)),
+                Err(e) if self.exists(id) => {
+                    return self.invalid(filter, Some(id), &e, field("title"), node_name);
+                }
+                Err(_) => Err(PageError::not_found("No todo has that id.")),
+            },
+            ["todos", id, "delete"] => self.delete(id),
+            _ => Err(PageError::not_found("There is no page at this address.")),
+        };
+        match result {
+            Ok(()) => Ok(redirect),
+            Err(e) => {
+                let page = self.error_page(e)?;
+                Ok(Outcome::Page {
+                    status: page.status,
+                    html: page.html,
+                })
+            }
+        }
+    }
+
+    /// The next push: changes above `pushed_up_to`, whole transactions, at most about
+    /// `max_changes`. `None` when nothing waits.
+    pub fn push_batch(&self, max_changes: usize) -> Option<PushBatch> {
+        let changes = self.replica.changes_since(self.pushed_up_to, None);
+        if changes.is_empty() {
+            return None;
+        }
+        let limits = PageLimits {
+            max_changes: max_changes.max(1),
+            ..PageLimits::default()
+        };
+        let page = cut_page(
+            self.site_id(),
+            changes,
+            self.pushed_up_to,
+            self.replica.db_version(),
+            limits,
+        );
+        let body = serde_json::to_string(&PushBody {
+            changes: &page.changes,
+        })
+        .unwrap_or_default();
+        Some(PushBatch {
+            body,
+            up_to: page.up_to,
+            changes: page.changes.len(),
+        })
+    }
+
+    /// A node merged a push durably: everything up to `up_to` is held by a node now.
+    pub fn acknowledge_push(&mut self, up_to: DbVersion) {
+        self.pushed_up_to = self.pushed_up_to.max(up_to);
+    }
+
+    /// Where to pull from `source` (a node's site id) next.
+    pub fn watermark(&self, source: SiteId) -> DbVersion {
+        self.pulled.watermark(source)
+    }
+
+    /// Merges one page of a node's changes; returns whether more pages follow.
+    pub fn receive_page(&mut self, json: &str) -> Result<bool, PeerError> {
+        let page: NodePage =
+            serde_json::from_str(json).map_err(|e| PeerError::Page(e.to_string()))?;
+        let source: SiteId = page
+            .site_id
+            .parse()
+            .map_err(|e: changeset::SiteIdParseError| PeerError::Page(e.to_string()))?;
+        let nothing_waiting = self.pushed_up_to >= self.replica.db_version();
+        let page = changeset::Page {
+            source,
+            changes: page.changes,
+            up_to: DbVersion(page.up_to),
+            more: page.more,
+        };
+        let replica = &mut self.replica;
+        let more = self
+            .pulled
+            .receive(&page, |changes| replica.merge(changes).map(|_| ()))?;
+        if nothing_waiting {
+            self.pushed_up_to = self.replica.db_version();
+        }
+        Ok(more)
+    }
+
+    fn exists(&self, id: &str) -> bool {
+        self.todos().iter().any(|t| t.id == id)
+    }
+
+    fn add(&mut self, id: String, title: String, now_ms: i64) -> Result<(), PageError> {
+        if self.exists(&id) {
+            return Ok(()); // a replayed post: the todo is there already
+        }
+        self.write(&[Write::Insert {
+            table: TODOS.into(),
+            pk: vec![Value::Text(id)],
+            values: vec![
+                ("title".into(), Value::Text(title)),
+                ("completed".into(), Value::Integer(0)),
+                ("created_at".into(), Value::Integer(now_ms)),
+            ],
+        }])
+    }
+
+    fn update(&mut self, id: &str, column: &str, value: Value) -> Result<(), PageError> {
+        if !self.exists(id) {
+            return Err(PageError::not_found("No todo has that id."));
+        }
+        self.write(&[Write::Update {
+            table: TODOS.into(),
+            pk: vec![Value::Text(id.to_owned())],
+            values: vec![(column.to_owned(), value)],
+        }])
+    }
+
+    fn delete(&mut self, id: &str) -> Result<(), PageError> {
+        if !self.exists(id) {
+            return Err(PageError::not_found("No todo has that id."));
+        }
+        self.write(&[Write::Delete {
+            table: TODOS.into(),
+            pk: vec![Value::Text(id.to_owned())],
+        }])
+    }
+
+    fn clear_completed(&mut self) -> Result<(), PageError> {
+        let deletes: Vec<Write> = self
+            .todos()
+            .into_iter()
+            .filter(|t| t.completed)
+            .map(|t| Write::Delete {
+                table: TODOS.into(),
+                pk: vec![Value::Text(t.id)],
+            })
+            .collect();
+        if deletes.is_empty() {
+            return Ok(());
+        }
+        self.write(&deletes)
+    }
+
+    fn write(&mut self, writes: &[Write]) -> Result<(), PageError> {
+        self.replica
+            .write(writes)
+            .map(|_| ())
+            .map_err(|e| PageError {
+                status: 500,
+                title: "Error",
+                message: format!("The change could not be saved in this browser: {e}"),
+            })
+    }
+
+    fn index(
+        &self,
+        filter: Filter,
+        node_name: &str,
+        form_error: Option<FormError>,
+    ) -> Result<String, PeerError> {
+        let mut page = IndexPage::new(&self.todos(), filter, node_name);
+        page.mode = "offline";
+        page.pending_changes = self.pending_changes();
+        if let Some(error) = form_error {
+            page = page.with_form_error(error);
+        }
+        Ok(self.templates.render("index.html", &page)?)
+    }
+
+    fn invalid(
+        &self,
+        filter: Filter,
+        todo_id: Option<&str>,
+        error: &TitleError,
+        draft: &str,
+        node_name: &str,
+    ) -> Result<Outcome, PeerError> {
+        let error = FormError {
+            message: error.to_string(),
+            todo_id: todo_id.map(str::to_owned),
+            draft: draft.to_owned(),
+        };
+        Ok(Outcome::Page {
+            status: 422,
+            html: self.index(filter, node_name, Some(error))?,
+        })
+    }
+
+    fn error_page(&self, error: PageError) -> Result<Rendered, PeerError> {
+        let page = ErrorPage {
+            status: error.status,
+            title: error.title.to_owned(),
+            message: error.message,
+        };
+        Ok(Rendered {
+            status: error.status,
+            html: self.templates.render("error.html", &page)?,
+        })
+    }
+}
+
+fn form_fields(encoded: &str) -> BTreeMap<String, String> {
+    form_urlencoded::parse(encoded.trim_start_matches('?').as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID_A: &str = "0192f6a0-7c1e-7aaa-8bbb-00000000000a";
+    const ID_B: &str = "0192f6a0-7c1e-7aaa-8bbb-00000000000b";
+
+    fn peer() -> Peer {
+        Peer::new(SiteId([7; 16]))
+    }
+
+    fn add(peer: &mut Peer, id: &str, title: &str) -> Outcome {
+        let body = format!("title={title}&id={id}&return_to=%2F%3Ffilter%3Dactive");
+        peer.submit("/todos", &body, 1_000, ID_B, "node-a")
+            .expect("submit")
+    }
+
+    /// A node as the peer sees it: a replica answering `GET /api/changes?since=`.
+    fn node_page(node: &Replica, since: DbVersion) -> String {
+        let page = node.serve(&changeset::Request {
+            requester: SiteId([0; 16]),
+            since,
+            limits: PageLimits::default(),
+        });
+        serde_json::json!({
+            "site_id": page.source.to_string(),
+            "changes": page.changes,
+            "up_to": page.up_to.0,
+            "more": page.more,
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn form_posts_apply_locally_and_wait_to_sync() {
+        let mut p = peer();
+        match add(&mut p, ID_A, "buy+milk") {
+            Outcome::Redirect { location } => assert_eq!(location, "/?filter=active"),
+            other => panic!("expected a redirect, got {other:?}"),
+        }
+        // The same post again (a replay) does not make a second todo.
+        add(&mut p, ID_A, "buy+milk");
+        assert_eq!(p.todos().len(), 1);
+        p.submit(
+            &format!("/todos/{ID_A}/toggle"),
+            "completed=1",
+            2,
+            ID_B,
+            "n",
+        )
+        .expect("toggle");
+        assert!(p.todos()[0].completed);
+        assert_eq!(p.pending_changes(), 2);
+
+        let page = p.render("/", "filter=completed", "node-a").expect("render");
+        assert_eq!(page.status, 200);
+        assert!(page.html.contains("buy milk"), "{}", page.html);
+        assert!(page.html.contains("banner-offline"));
+        assert!(page.html.contains("2 changes waiting to sync"));
+
+        p.submit("/todos/clear-completed", "", 3, ID_B, "n")
+            .expect("clear");
+        assert!(p.todos().is_empty());
+    }
+
+    #[test]
+    fn bad_posts_answer_like_the_node() {
+        let mut p = peer();
+        match p
+            .submit("/todos", "title=+++", 1, ID_A, "n")
+            .expect("submit")
+        {
+            Outcome::Page { status, html } => {
+                assert_eq!(status, 422);
+                assert!(html.contains("A todo needs a title."));
+            }
+            other => panic!("expected the page again, got {other:?}"),
+        }
+        let missing = p
+            .submit(&format!("/todos/{ID_B}/delete"), "", 1, ID_A, "n")
+            .expect("submit");
+        assert!(matches!(missing, Outcome::Page { status: 404, .. }));
+        let bad_id = p
+            .submit("/todos", "title=x&id=not-a-uuid", 1, ID_A, "n")
+            .expect("submit");
+        assert!(matches!(bad_id, Outcome::Page { status: 400, .. }));
+        assert_eq!(p.render("/nope", "", "n").expect("render").status, 404);
+        assert_eq!(
+            p.render("/", "filter=bogus", "n").expect("render").status,
+            400
+        );
+        assert!(p.todos().is_empty());
+        assert_eq!(p.pending_changes(), 0);
+    }
+
+    #[test]
+    fn saved_state_restores_todos_and_sync_progress() {
+        let mut p = peer();
+        add(&mut p, ID_A, "one");
+        let restored = Peer::load(&p.save()).expect("load");
+        assert_eq!(restored.todos(), p.todos());
+        assert_eq!(restored.pending_changes(), 1);
+        assert_eq!(restored.site_id(), p.site_id());
+
+        assert!(Peer::load(b"TPEER\x09").is_err());
+        assert!(Peer::load(b"nonsense").is_err());
+        let mut damaged = p.save();
+        damaged.truncate(damaged.len() - 3);
+        assert!(Peer::load(&damaged).is_err());
+    }
+
+    #[test]
+    fn push_then_pull_converges_with_a_node_and_clears_pending() {
+        let mut p = peer();
+        add(&mut p, ID_A, "offline+work");
+        let mut node = Replica::new(SiteId([1; 16]), vec![TableSchema::todos()]);
+        node.write(&[Write::Insert {
+            table: TODOS.into(),
+            pk: vec![Value::Text(ID_B.into())],
+            values: vec![("title".into(), Value::Text("from the node".into()))],
+        }])
+        .expect("node write");
+
+        // Push: the node merges the body (as POST /api/changes does) and acknowledges.
+        let batch = p.push_batch(1000).expect("something waits");
+        #[derive(Deserialize)]
+        struct Body {
+            changes: Vec<Change>,
+        }
+        let body: Body = serde_json::from_str(&batch.body).expect("push body");
+        node.merge(&body.changes).expect("node merges");
+        p.acknowledge_push(batch.up_to);
+        assert_eq!(p.pending_changes(), 0);
+
+        // Pull: pages until done; merged node changes are not "waiting".
+        let source = node.site_id();
+        while p
+            .receive_page(&node_page(&node, p.watermark(source)))
+            .expect("page")
+        {}
+        assert_eq!(p.pending_changes(), 0);
+        assert!(p.push_batch(1000).is_none());
+        assert_eq!(p.replica.rows(TODOS).ok(), node.rows(TODOS).ok());
+        assert_eq!(p.todos().len(), 2);
+
+        // A second pull moves nothing and keeps the watermark.
+        let before = p.watermark(source);
+        assert!(!p.receive_page(&node_page(&node, before)).expect("page"));
+        assert_eq!(p.watermark(source), before);
+    }
+
+    #[test]
+    fn pull_while_work_waits_keeps_it_waiting() {
+        let mut p = peer();
+        add(&mut p, ID_A, "mine");
+        let mut node = Replica::new(SiteId([1; 16]), vec![TableSchema::todos()]);
+        node.write(&[Write::Insert {
+            table: TODOS.into(),
+            pk: vec![Value::Text(ID_B.into())],
+            values: vec![("title".into(), Value::Text("theirs".into()))],
+        }])
+        .expect("node write");
+        p.receive_page(&node_page(&node, DbVersion(0)))
+            .expect("page");
+        assert!(p.pending_changes() >= 1);
+        let batch = p.push_batch(1000).expect("mine still waits");
+        assert!(batch.body.contains("mine"));
+    }
+
+    #[test]
+    fn malformed_pages_are_refused_whole() {
+        let mut p = peer();
+        assert!(p.receive_page("{").is_err());
+        let unknown_table = serde_json::json!({
+            "site_id": SiteId([1; 16]).to_string(),
+            "changes": [{"table": "users", "pk": "010B0161", "cid": "name",
+                "val": ["text", "x"], "col_version": 1, "db_version": 1,
+                "site_id": SiteId([1; 16]).to_string(), "cl": 1, "seq": 0}],
+            "up_to": 1, "more": false,
+        });
+        assert!(p.receive_page(&unknown_table.to_string()).is_err());
+        assert_eq!(p.watermark(SiteId([1; 16])), DbVersion(0));
+        assert!(p.todos().is_empty());
+    }
+}
