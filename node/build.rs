@@ -46,4 +46,32 @@ fn main() {
     println!("cargo:rustc-env=CRSQLITE_SO_PATH={}", so.display());
     println!("cargo:rustc-env=CRSQLITE_SO_SHA256={actual}");
     println!("cargo:rustc-env=CRSQLITE_VERSION={CRSQLITE_VERSION}");
+    wasm_bundle(&home_cache());
+}
+
+fn home_cache() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/todo-hybrid")
+}
+
+/// The browser peer's bundle, built by ci/build-wasm.sh; WASM_BUNDLE_DIR overrides where.
+fn wasm_bundle(cache: &std::path::Path) {
+    println!("cargo:rerun-if-env-changed=WASM_BUNDLE_DIR");
+    let dir = std::env::var_os("WASM_BUNDLE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("wasm-bundle"));
+    for file in ["wasm_peer.js", "wasm_peer_bg.wasm"] {
+        let path = dir.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        if !path.is_file() {
+            panic!(
+                "the browser peer's bundle is missing ({} not found): run ci/build-wasm.sh \
+                 (it builds wasm-peer/ for the browser) and build again",
+                path.display()
+            );
+        }
+    }
+    println!("cargo:rustc-env=WASM_BUNDLE_DIR={}", dir.display());
 }

@@ -17,8 +17,9 @@ use std::time::Duration;
 use app::Templates;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::routing::{get, post};
+use tower_http::cors::{Any, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -32,8 +33,14 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// A request that takes longer than this is answered 408 and its work abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+/// Largest `POST /api/changes` body: a push of up to 10,000 changes with 500-character titles.
+pub const MAX_PUSH_BYTES: usize = 8 * 1024 * 1024;
+
+/// Same-origin scripts only (plus compiling the browser peer's wasm); the page may fetch from
+/// other nodes of the deployment (failover), whose API answers with CORS headers.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self' http: https: ws: wss:; \
+     worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
 #[derive(Clone)]
@@ -66,11 +73,9 @@ pub fn router(state: AppState) -> Router {
         .route("/todos/{id}/toggle", post(todos::toggle))
         .route("/todos/{id}/title", post(todos::retitle))
         .route("/todos/{id}/delete", post(todos::delete))
-        .route("/health", get(api::health))
-        .route("/api/todos", get(api::todos))
-        .route("/api/changes", get(api::changes))
-        .route("/api/peers", get(api::peers))
         .route("/static/{*path}", get(assets::serve))
+        .route("/sw.js", get(assets::service_worker))
+        .merge(api_router())
         .fallback(todos::not_found)
         .layer(axum::middleware::from_fn(guard::same_origin_posts))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -96,6 +101,26 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// The JSON API, open to pages of other origins (a page of node A fails over to node B): it
+/// uses no cookies or other ambient credentials, so CORS `*` gives nothing away.
+fn api_router() -> Router<AppState> {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE]);
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/api/todos", get(api::todos))
+        .route(
+            "/api/changes",
+            get(api::changes)
+                .post(api::push)
+                .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
+        )
+        .route("/api/peers", get(api::peers))
+        .layer(cors)
 }
 
 fn security_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {

@@ -88,6 +88,8 @@ pub struct NetStatus {
 
 enum Command {
     Status(oneshot::Sender<NetStatus>),
+    /// Changes merged from outside the swarm (a browser's push), to announce to the nodes.
+    Gossip(Vec<Change>),
 }
 
 /// The HTTP side's handle on the network loop.
@@ -104,6 +106,15 @@ impl NetHandle {
             .await
             .context("network loop stopped")?;
         rx.await.context("network loop dropped the request")
+    }
+
+    /// Announces changes that a browser pushed to this node, so other nodes get them at once
+    /// rather than at their next anti-entropy round. Dropped when the loop is busy: the
+    /// changes are in the database, and anti-entropy delivers them anyway.
+    pub fn gossip(&self, changes: Vec<Change>) {
+        if let Err(e) = self.commands.try_send(Command::Gossip(changes)) {
+            tracing::debug!(error = %e, "gossip of pushed changes skipped");
+        }
     }
 }
 
@@ -380,6 +391,9 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::Gossip(changes) => {
+                self.gossip_transactions(&changes);
+            }
             Command::Status(reply) => {
                 let peers = self
                     .peers
@@ -746,7 +760,14 @@ impl EventLoop {
     /// Publishes each transaction (db_version) as one message. With no peer subscribed the
     /// publish fails; that is fine, anti-entropy delivers the changes when a peer appears.
     fn publish(&mut self, changes: Vec<Change>, since: DbVersion) {
-        let mut up_to = since;
+        let up_to = self.gossip_transactions(&changes).max(since);
+        self.on_done(Done::Published { up_to });
+    }
+
+    /// Publishes each transaction (db_version) of `changes` as one gossip message; returns the
+    /// highest db_version published (0 for none).
+    fn gossip_transactions(&mut self, changes: &[Change]) -> DbVersion {
+        let mut up_to = DbVersion(0);
         for transaction in changes.chunk_by(|a, b| a.db_version == b.db_version) {
             let version = transaction[0].db_version;
             let bytes = protocol::encode_gossip(&GossipMessage {
@@ -766,7 +787,7 @@ impl EventLoop {
             }
             up_to = up_to.max(version);
         }
-        self.on_done(Done::Published { up_to });
+        up_to
     }
 
     fn on_done(&mut self, done: Done) {

@@ -8,9 +8,10 @@ use changeset::{Change, DbVersion, SiteId};
 use serde::{Deserialize, Serialize};
 
 use crate::net::NetStatus;
+use crate::net::validate::{MAX_CHANGES_PER_BATCH, validate};
 
-use super::AppState;
 use super::error::JsonError;
+use super::{AppError, AppState};
 
 #[derive(Debug, Serialize)]
 pub struct Health {
@@ -85,5 +86,65 @@ pub async fn changes(
         changes: page.changes,
         up_to: up_to.0,
         more: page.more,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PushBody {
+    changes: Vec<Change>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PushOutcome {
+    /// Changes received.
+    received: usize,
+    /// Of those, how many altered this replica (the rest it had already).
+    impacted: i64,
+    /// This node's db_version after the merge.
+    db_version: i64,
+}
+
+/// `POST /api/changes`: a browser (or edge) replica pushes changes made while it worked
+/// without this node. Validated like changes from a peer node, merged in one transaction
+/// (durable when this answers 200), then gossiped to the other nodes. Pushing the same
+/// changes again is harmless: cr-sqlite merges are idempotent.
+pub async fn push(
+    State(state): State<AppState>,
+    body: Result<Json<PushBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PushOutcome>, JsonError> {
+    let Json(body) = body.map_err(|e| match e.status() {
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            AppError::UnsupportedMediaType("Changes are pushed as application/json.".to_owned())
+        }
+        _ => AppError::BadRequest(format!("Unreadable changes: {}", e.body_text())),
+    })?;
+    if body.changes.len() > MAX_CHANGES_PER_BATCH {
+        return Err(AppError::PayloadTooLarge(format!(
+            "At most {MAX_CHANGES_PER_BATCH} changes per push; split the batch."
+        ))
+        .into());
+    }
+    validate(&body.changes)
+        .map_err(|e| AppError::BadRequest(format!("Refused the changes: {e}.")))?;
+    let changes = body.changes;
+    let received = changes.len();
+    let (outcome, info, changes) = state
+        .with_store(move |s| {
+            let outcome = s.merge(&changes, None)?;
+            Ok((outcome, s.info()?, changes))
+        })
+        .await?;
+    tracing::info!(
+        received,
+        impacted = outcome.rows_impacted,
+        "merged changes pushed by a client"
+    );
+    if outcome.rows_impacted > 0 {
+        state.net.gossip(changes);
+    }
+    Ok(Json(PushOutcome {
+        received,
+        impacted: outcome.rows_impacted,
+        db_version: info.db_version,
     }))
 }

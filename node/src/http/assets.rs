@@ -1,39 +1,94 @@
-//! Static assets (CSS now; the PWA's manifest, service worker and icons later), embedded in
-//! release builds and read from templates/static in debug builds. ETags let browsers revalidate
-//! cheaply; `no-cache` makes them always revalidate, so a deploy is seen at once.
+//! Static assets: the CSS, the PWA's manifest, icons, app script and offline shell (from
+//! templates/static), the browser peer's wasm bundle (built by ci/build-wasm.sh), and the
+//! service worker. Embedded in release builds (read from disk in debug builds). ETags let
+//! browsers revalidate cheaply; `no-cache` makes them always revalidate, so a deploy is seen at
+//! once. The service worker's cache is named after [`build_version`], a digest of every asset,
+//! so a deploy that changes any of them installs a new worker that replaces the old cache.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::Embed;
+use sha2::{Digest, Sha256};
 
 use super::AppError;
 
 #[derive(Embed)]
 #[folder = "../templates/static/"]
+#[exclude = "sw.js"]
 struct Assets;
 
+/// The browser peer; node/build.rs checks the bundle is there and names its folder.
+#[derive(Embed)]
+#[folder = "$WASM_BUNDLE_DIR"]
+#[include = "*.js"]
+#[include = "*.wasm"]
+struct WasmBundle;
+
+/// The service worker's source; `__BUILD_VERSION__` is replaced with [`build_version`].
+const SERVICE_WORKER: &str = include_str!("../../../templates/static/sw.js");
+
+/// A digest of every embedded asset and the service worker's source.
+pub fn build_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let mut hasher = Sha256::new();
+        let files = Assets::iter()
+            .filter_map(|p| Assets::get(&p).map(|f| (p, f)))
+            .chain(WasmBundle::iter().filter_map(|p| WasmBundle::get(&p).map(|f| (p, f))));
+        for (path, file) in files {
+            hasher.update(path.as_bytes());
+            hasher.update(file.metadata.sha256_hash());
+        }
+        hasher.update(SERVICE_WORKER.as_bytes());
+        hex::encode(&hasher.finalize()[..8])
+    })
+}
+
 pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, AppError> {
-    let file = Assets::get(&path)
-        .ok_or_else(|| AppError::NotFound("There is no file at this address.".to_owned()))?;
-    let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..16]));
+    let file = match path.strip_prefix("wasm/") {
+        Some(bundle_path) => WasmBundle::get(bundle_path),
+        None => Assets::get(&path),
+    };
+    let file =
+        file.ok_or_else(|| AppError::NotFound("There is no file at this address.".into()))?;
+    Ok(respond(
+        &path,
+        file.data,
+        &file.metadata.sha256_hash(),
+        &headers,
+    ))
+}
+
+/// `GET /sw.js`: at the root, so its scope is the whole app.
+pub async fn service_worker(headers: HeaderMap) -> Response {
+    let body = SERVICE_WORKER.replace("__BUILD_VERSION__", build_version());
+    let hash = Sha256::digest(body.as_bytes());
+    respond("sw.js", Cow::Owned(body.into_bytes()), &hash, &headers)
+}
+
+fn respond(path: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &HeaderMap) -> Response {
+    let etag = format!("\"{}\"", hex::encode(&sha256[..16]));
     if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
     {
-        return Ok(StatusCode::NOT_MODIFIED.into_response());
+        return StatusCode::NOT_MODIFIED.into_response();
     }
-    let mut response = file.data.into_owned().into_response();
+    let mut response = data.into_owned().into_response();
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&path)),
+        HeaderValue::from_static(content_type(path)),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    Ok(response)
+    response
 }
 
 fn content_type(path: &str) -> &'static str {

@@ -1,6 +1,8 @@
 //! Test kit: real nodes on 127.0.0.1:0 with a temporary DATA_DIR, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +27,27 @@ impl TestNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
+        Self::start_on(config, listener).await
+    }
+
+    /// Restarts a node on the address it had (a browser knows it by its origin).
+    pub async fn start_at(config: Config, addr: SocketAddr) -> Self {
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                // The old listener may take a moment to release the port.
+                Err(_) if attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("bind {addr} again: {e}"),
+            }
+        };
+        Self::start_on(config, listener).await
+    }
+
+    async fn start_on(config: Config, listener: tokio::net::TcpListener) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let data_dir = config.data_dir.clone();

@@ -1,0 +1,340 @@
+// The page's enhancement: keeps a replica of the todos in this browser and takes over when the
+// node stops answering. Every page works without it (plain forms, server-rendered).
+//
+// Server mode (the node rendered this page): sync with the node every few seconds (push what
+// waits, pull what is new), so the replica is current when the node dies. If a sync fails, the
+// page switches to offline mode in place.
+// Offline mode (the service worker served the cached shell, or a sync failed): the wasm peer
+// renders the same templates from the replica; forms and filter links are applied locally; the
+// known nodes are probed, and when one answers, the waiting changes are pushed, the missed ones
+// pulled, and the page returns to server mode by itself.
+//
+// The replica is one blob in OPFS (localStorage when OPFS is missing), read and written under a
+// Web Lock, so tabs of the same origin never overwrite each other's changes.
+import init, { Peer } from "/static/wasm/wasm_peer.js";
+
+const STATE_FILE = "todo-replica.v1";
+const LOCK = "todo-replica";
+const KNOWN_NODES_KEY = "todo-known-nodes";
+const NODE_NAME_KEY = "todo-node-name";
+// How often a page in server mode syncs with its node. Also how long, at worst, a change made
+// on another node takes to reach this browser's replica.
+const SYNC_INTERVAL_MS = 2000;
+// How often an offline page probes the known nodes: the time from a node's return to server mode.
+const PROBE_INTERVAL_MS = 1000;
+const HEALTH_TIMEOUT_MS = 2000;
+const TRANSFER_TIMEOUT_MS = 15000;
+const PUSH_MAX_CHANGES = 2000;
+
+const status = {
+  mode: document.body.hasAttribute("data-shell") ? "offline" : "server",
+  storage: null,
+  ready: false,
+  lastSync: null,
+  lastError: null,
+  pending: 0,
+};
+// The offline probe's timer, and whether a probe is under way.
+let probing = null;
+let probeRunning = false;
+
+// For people debugging, and for the browser tests.
+window.todoApp = status;
+status.replicaTodos = () => withPeer((p) => JSON.parse(p.todosJson()));
+
+const storage = await openStorage();
+status.storage = storage.kind;
+await init();
+
+if (navigator.serviceWorker) {
+  navigator.serviceWorker.register("/sw.js").catch((e) => console.warn("service worker not registered:", e));
+}
+navigator.storage?.persist?.().catch(() => {});
+rememberNode(location.origin);
+
+document.addEventListener("submit", onSubmit);
+document.addEventListener("click", onClick);
+window.addEventListener("popstate", () => status.mode === "offline" && renderLocal());
+window.addEventListener("online", () => status.mode === "offline" && probe());
+
+if (status.mode === "offline") {
+  await startOffline();
+} else {
+  await syncRound();
+  status.ready = true;
+  setInterval(syncRound, SYNC_INTERVAL_MS);
+}
+
+// --- storage -------------------------------------------------------------------------------
+
+async function openStorage() {
+  try {
+    const root = await navigator.storage.getDirectory();
+    return {
+      kind: "opfs",
+      async read() {
+        try {
+          const file = await (await root.getFileHandle(STATE_FILE)).getFile();
+          return new Uint8Array(await file.arrayBuffer());
+        } catch (e) {
+          if (e.name === "NotFoundError") return null;
+          throw e;
+        }
+      },
+      // createWritable writes a swap file and swaps it in on close: a crash leaves the old
+      // state or the new one, never half of each.
+      async write(bytes) {
+        const handle = await root.getFileHandle(STATE_FILE, { create: true });
+        const writable = await handle.createWritable();
+        await writable.write(bytes);
+        await writable.close();
+      },
+    };
+  } catch (e) {
+    console.warn("OPFS unavailable, keeping the replica in localStorage:", e);
+    return {
+      kind: "localStorage",
+      async read() {
+        const text = localStorage.getItem(STATE_FILE);
+        return text === null ? null : Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+      },
+      async write(bytes) {
+        let text = "";
+        for (let i = 0; i < bytes.length; i += 0x8000) {
+          text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+        }
+        localStorage.setItem(STATE_FILE, btoa(text));
+      },
+    };
+  }
+}
+
+async function loadPeer() {
+  const bytes = await storage.read();
+  if (bytes) {
+    try {
+      return Peer.load(bytes);
+    } catch (e) {
+      // Never silently drop data: keep the unreadable state beside the new one.
+      console.error("the saved replica is unreadable; keeping it aside and starting afresh:", e);
+      localStorage.setItem(`${STATE_FILE}.unreadable-${Date.now()}`, String(e));
+    }
+  }
+  return Peer.create(crypto.getRandomValues(new Uint8Array(16)));
+}
+
+// Runs `fn` on the replica under the lock; with `save`, writes the replica back before the lock
+// is released (so a change is durable before the page shows it).
+function withPeer(fn, { save = false } = {}) {
+  return navigator.locks.request(LOCK, async () => {
+    const peer = await loadPeer();
+    try {
+      const result = fn(peer);
+      if (save) await storage.write(peer.save());
+      status.pending = peer.pendingChanges();
+      return result;
+    } finally {
+      peer.free();
+    }
+  });
+}
+
+// --- sync with a node ----------------------------------------------------------------------
+
+async function fetchWithTimeout(url, options, ms) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), ms);
+  try {
+    return await fetch(url, { ...options, signal: controller.signal, cache: "no-store" });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function expectOk(response, what) {
+  if (!response.ok) throw new Error(`${what}: ${response.status} ${await response.text()}`);
+  return response;
+}
+
+// One round with the node at `base` ("" is this page's origin): push everything waiting, then
+// pull until the node has nothing more. Throws if the node does not answer.
+async function syncWith(base) {
+  const health = await (
+    await expectOk(await fetchWithTimeout(`${base}/health`, {}, HEALTH_TIMEOUT_MS), "health")
+  ).json();
+  localStorage.setItem(NODE_NAME_KEY, health.node_name);
+  for (;;) {
+    const batch = await withPeer((p) => {
+      const b = p.pushBatch(PUSH_MAX_CHANGES);
+      if (!b) return null;
+      const out = { body: b.body, upTo: b.upTo, changes: b.changes };
+      b.free();
+      return out;
+    });
+    if (!batch) break;
+    const options = { method: "POST", headers: { "Content-Type": "application/json" }, body: batch.body };
+    await expectOk(await fetchWithTimeout(`${base}/api/changes`, options, TRANSFER_TIMEOUT_MS), "push");
+    await withPeer((p) => p.acknowledgePush(batch.upTo), { save: true });
+    console.info(`pushed ${batch.changes} changes to ${base || location.origin}`);
+  }
+  for (;;) {
+    const since = await withPeer((p) => p.watermark(health.site_id));
+    const page = await (
+      await expectOk(await fetchWithTimeout(`${base}/api/changes?since=${since}`, {}, TRANSFER_TIMEOUT_MS), "pull")
+    ).text();
+    const more = await withPeer((p) => p.receivePage(page), { save: true });
+    if (!more) break;
+  }
+  status.lastSync = Date.now();
+  status.lastError = null;
+  return health;
+}
+
+async function syncRound() {
+  if (status.mode !== "server") return;
+  try {
+    await syncWith("");
+  } catch (e) {
+    status.lastError = String(e);
+    if (status.mode === "server") {
+      console.warn("the node does not answer; working offline:", e);
+      await startOffline();
+    }
+  }
+}
+
+// --- offline mode --------------------------------------------------------------------------
+
+async function startOffline() {
+  status.mode = "offline";
+  const replay = document.getElementById("replay");
+  if (replay) {
+    // A form post that the node did not get: apply it here, then show where it leads.
+    const { action, fields } = JSON.parse(replay.textContent);
+    replay.remove();
+    await applyLocally(action, fields, { replace: true });
+  } else {
+    await renderLocal();
+  }
+  status.ready = true;
+  if (!probing) probing = setInterval(probe, PROBE_INTERVAL_MS);
+}
+
+function nodeName() {
+  return localStorage.getItem(NODE_NAME_KEY) || "";
+}
+
+async function renderLocal() {
+  const json = await withPeer((p) => p.render(location.pathname, location.search.slice(1), nodeName()));
+  show(JSON.parse(json).html);
+}
+
+function show(html) {
+  const doc = new DOMParser().parseFromString(html, "text/html");
+  document.title = doc.title;
+  document.body.replaceWith(document.adoptNode(doc.body));
+  document.querySelector("[autofocus]")?.focus();
+}
+
+async function applyLocally(action, fields, { replace = false } = {}) {
+  const json = await withPeer((p) => p.submit(action, fields, Date.now(), uuidv7(), nodeName()), { save: true });
+  const outcome = JSON.parse(json);
+  if (outcome.kind === "redirect") {
+    const same = location.pathname + location.search === outcome.location;
+    history[replace || same ? "replaceState" : "pushState"](null, "", outcome.location);
+    await renderLocal();
+  } else {
+    show(outcome.html);
+  }
+}
+
+async function probe() {
+  if (probeRunning || status.mode !== "offline") return;
+  probeRunning = true;
+  try {
+    for (const base of knownNodes()) {
+      try {
+        await syncWith(base === location.origin ? "" : base);
+      } catch (e) {
+        status.lastError = `${base}: ${e}`;
+        continue; // not answering: try the next one
+      }
+      clearInterval(probing);
+      probing = null;
+      status.mode = "returning";
+      if (base === location.origin) {
+        location.reload();
+      } else {
+        location.assign(base + location.pathname + location.search);
+      }
+      return;
+    }
+  } finally {
+    probeRunning = false;
+  }
+}
+
+// --- events --------------------------------------------------------------------------------
+
+function onSubmit(event) {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement)) return;
+  const action = new URL(form.action).pathname;
+  // A new todo gets its id here, so a post that is retried or replayed makes one todo.
+  if (action === "/todos") {
+    let id = form.querySelector('input[name="id"]');
+    if (!id) {
+      id = Object.assign(document.createElement("input"), { type: "hidden", name: "id" });
+      form.append(id);
+    }
+    id.value = uuidv7();
+  }
+  if (status.mode !== "offline") return; // the browser posts it to the node
+  event.preventDefault();
+  applyLocally(action, new URLSearchParams(new FormData(form)).toString()).catch((e) =>
+    console.error("could not apply the change locally:", e),
+  );
+}
+
+function onClick(event) {
+  if (status.mode !== "offline" || event.defaultPrevented || event.button !== 0) return;
+  if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  const link = event.target.closest?.("a[href]");
+  if (!link) return;
+  const url = new URL(link.href);
+  if (url.origin !== location.origin) return;
+  event.preventDefault();
+  history.pushState(null, "", url.pathname + url.search);
+  renderLocal();
+}
+
+// --- known nodes ---------------------------------------------------------------------------
+
+function knownNodes() {
+  let nodes = [];
+  try {
+    nodes = JSON.parse(localStorage.getItem(KNOWN_NODES_KEY) || "[]");
+  } catch {
+    nodes = [];
+  }
+  return [location.origin, ...nodes.filter((n) => n !== location.origin)];
+}
+
+function rememberNode(origin) {
+  const nodes = knownNodes();
+  if (!nodes.includes(origin)) nodes.push(origin);
+  localStorage.setItem(KNOWN_NODES_KEY, JSON.stringify(nodes));
+}
+
+function uuidv7() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
