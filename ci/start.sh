@@ -8,6 +8,7 @@ source ci/env.sh
 
 apt_install libclang-dev
 ci/build-crsqlite.sh >/dev/null
+ci/build-wasm.sh >/dev/null
 cargo build --release --locked -p todo-node
 echo "starting todo-node: open http://${HOST:-127.0.0.1}:${PORT:-3000}/  (Ctrl-C stops it)"
 exec "$CARGO_TARGET_DIR/release/todo-node" "$@"

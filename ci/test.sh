@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then format, lint, unit and
-# integration tests, the wasm32 build of the shared crates, and the cr-sqlite oracle self-test.
+# integration tests (browser tests in headless Chromium among them), the wasm32 build of the
+# shared crates and the browser peer, and the cr-sqlite oracle self-test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ci/env.sh
 started=$SECONDS
 
 step "prerequisites (Debian packages, rust targets, cr-sqlite $CRSQLITE_DIR)"
-apt_install libclang-dev python3 sqlite3
+apt_install libclang-dev python3 sqlite3 chromium chromium-driver
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown >/dev/null
 ci/build-crsqlite.sh >/dev/null
+
+step "the browser peer's bundle ($WASM_BUNDLE_DIR)"
+ci/build-wasm.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,8 +22,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "the shared crates build for wasm32-unknown-unknown"
-cargo build --locked -p changeset -p app --target wasm32-unknown-unknown
+step "the shared crates and the browser peer build for wasm32-unknown-unknown"
+cargo build --locked -p changeset -p app -p wasm-peer --target wasm32-unknown-unknown
 
 step "unit and integration tests"
 cargo test --workspace --locked

@@ -24,6 +24,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use assets::build_version;
 pub use error::AppError;
 
 use crate::db::Store;

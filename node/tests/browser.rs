@@ -145,6 +145,19 @@ async fn offline_work_survives_a_browser_restart_and_reaches_both_nodes() {
         "installability: {installability}"
     );
 
+    // The worker precached the shell in one cache named after this build.
+    let caches = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             caches.keys().then(done, (e) => done(String(e)));",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        caches,
+        json!([format!("todo-shell-{}", todo_node::http::build_version())])
+    );
+
     // (b) Node A stops. A form typed as it died is not lost: it is applied locally.
     a.stop().await;
     browser

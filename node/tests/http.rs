@@ -476,3 +476,148 @@ async fn change_pages_are_cut_on_whole_transactions() {
     assert_eq!(r.status(), 400);
     node.stop().await;
 }
+
+/// A browser replica's changes, as wasm-peer makes them: a todo written on site `site`.
+fn browser_changes(site: u8, id: &str, title: &str) -> Value {
+    use changeset::{Replica, SiteId, TableSchema, Value as V, Write};
+    let mut replica = Replica::new(SiteId([site; 16]), vec![TableSchema::todos()]);
+    replica
+        .write(&[Write::Insert {
+            table: "todos".into(),
+            pk: vec![V::Text(id.into())],
+            values: vec![
+                ("title".into(), V::Text(title.into())),
+                ("created_at".into(), V::Integer(7)),
+            ],
+        }])
+        .expect("write");
+    serde_json::json!({ "changes": replica.changes() })
+}
+
+async fn push(node: &TestNode, body: &Value) -> (u16, Value) {
+    let r = client()
+        .post(node.url("/api/changes"))
+        .json(body)
+        .send()
+        .await
+        .expect("push");
+    (r.status().as_u16(), r.json().await.expect("JSON answer"))
+}
+
+#[tokio::test]
+async fn pushed_changes_are_merged_once_and_bad_pushes_change_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let id = "0192f6a0-7c1e-7aaa-8bbb-0123456789ab";
+    let body = browser_changes(9, id, "written offline");
+
+    let (status, answer) = push(&node, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["received"].as_u64(),
+        body["changes"].as_array().map(|c| c.len() as u64)
+    );
+    assert!(answer["impacted"].as_i64().expect("impacted") > 0);
+    let listed = todos(&node).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["title"], "written offline");
+    assert_eq!(listed[0]["created_at"], 7);
+
+    // The same push again (a retry after a lost answer) changes nothing.
+    let version = db_version(&node).await;
+    let (status, answer) = push(&node, &body).await;
+    assert_eq!((status, answer["impacted"].as_i64()), (200, Some(0)));
+    assert_eq!(db_version(&node).await, version);
+
+    // Bad pushes: refused whole, with a reason, nothing merged.
+    let mut wrong_type = browser_changes(8, "0192f6a0-7c1e-7aaa-8bbb-0000000000ff", "x");
+    wrong_type["changes"][1]["val"] = serde_json::json!(["blob", "00"]);
+    let unknown_column = {
+        let mut b = browser_changes(8, "0192f6a0-7c1e-7aaa-8bbb-0000000000fe", "y");
+        b["changes"][1]["cid"] = "owner".into();
+        b
+    };
+    for (bad, expected) in [
+        (wrong_type, 400),
+        (unknown_column, 400),
+        (serde_json::json!({ "changes": "none" }), 400),
+        (serde_json::json!({}), 400),
+    ] {
+        let (status, answer) = push(&node, &bad).await;
+        assert_eq!(status, expected, "{bad} -> {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let r = client()
+        .post(node.url("/api/changes"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("push as text");
+    assert_eq!(r.status(), 415);
+    assert_eq!(todos(&node).await.len(), 1);
+    assert_eq!(db_version(&node).await, version);
+}
+
+#[tokio::test]
+async fn a_new_todo_with_a_client_id_is_made_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let id = "0192f6a0-7c1e-7aaa-8bbb-0123456789ab";
+    for _ in 0..2 {
+        let r = post_form(&node, "/todos", &[("title", "once"), ("id", id)]).await;
+        assert_eq!(r.status(), 303);
+    }
+    let listed = todos(&node).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id);
+    let r = post_form(&node, "/todos", &[("title", "x"), ("id", "../../etc")]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(todos(&node).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_pwa_assets_are_served_with_their_types() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    let c = client();
+    for (path, content_type) in [
+        ("/sw.js", "text/javascript; charset=utf-8"),
+        ("/static/manifest.webmanifest", "application/manifest+json"),
+        ("/static/app.js", "text/javascript; charset=utf-8"),
+        ("/static/shell.html", "text/html; charset=utf-8"),
+        ("/static/wasm/wasm_peer.js", "text/javascript; charset=utf-8"),
+        ("/static/wasm/wasm_peer_bg.wasm", "application/wasm"),
+        ("/static/icons/icon-192.png", "image/png"),
+        ("/static/icons/icon-512.png", "image/png"),
+    ] {
+        let r = c.get(node.url(path)).send().await.expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
+    }
+    // The worker's cache is named after this build's assets.
+    let sw = c
+        .get(node.url("/sw.js"))
+        .send()
+        .await
+        .expect("sw")
+        .text()
+        .await
+        .expect("text");
+    assert!(!sw.contains("__BUILD_VERSION__"));
+    let version = todo_node::http::build_version();
+    assert!(sw.contains(&format!("const VERSION = \"{version}\";")));
+    let manifest: Value = get_json(&node, "/static/manifest.webmanifest").await;
+    assert_eq!(manifest["display"], "standalone");
+    assert_eq!(manifest["start_url"], "/");
+    let wasm = c
+        .get(node.url("/static/wasm/wasm_peer_bg.wasm"))
+        .send()
+        .await
+        .expect("wasm")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&wasm[..4], b"\0asm");
+}
