@@ -63,6 +63,12 @@ pub struct Config {
     )]
     pub p2p_listen: Vec<Multiaddr>,
 
+    /// Where browsers reach this node (e.g. http://192.168.1.5:3001). Shared with the other
+    /// nodes, so a page whose node is down can fail over to them. Default: the HTTP listen
+    /// address, unless that is 0.0.0.0 / :: (then set it).
+    #[arg(long, env = "PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
+
     /// Seconds between anti-entropy rounds with each connected node (repairs what gossip missed).
     #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sync_interval_secs: u64,
@@ -87,12 +93,27 @@ impl Config {
                     .expect("a valid literal multiaddr"),
             ],
             sync_interval_secs: 10,
+            public_url: None,
         }
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
     }
+}
+
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let url = s.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', ' ', '?', '#']) {
+        return Err(format!(
+            "{s:?} must be an origin only, like http://192.168.1.5:3001"
+        ));
+    }
+    Ok(url.to_owned())
 }
 
 fn parse_node_name(s: &str) -> Result<String, String> {

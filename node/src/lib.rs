@@ -27,6 +27,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    let local = listener.local_addr().context("listener address")?;
+    if config.public_url.is_none() && !local.ip().is_unspecified() {
+        config.public_url = Some(format!("http://{local}"));
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
         .await

@@ -74,6 +74,8 @@ pub struct PeerInfo {
     pub addresses: Vec<String>,
     pub site_id: Option<String>,
     pub node: Option<String>,
+    /// Where browsers reach it: a page fails over to it when its own node is down.
+    pub public_url: Option<String>,
     /// Seconds since the last completed anti-entropy round with this peer.
     pub last_sync_secs_ago: Option<u64>,
     pub watermark: Option<u64>,
@@ -161,6 +163,7 @@ struct PeerState {
     addresses: HashSet<Multiaddr>,
     site: Option<SiteId>,
     node_name: Option<String>,
+    public_url: Option<String>,
     /// Same deployment (identify said so): only these are synced with.
     accepted: bool,
     syncing: Option<OutboundRequestId>,
@@ -187,12 +190,15 @@ pub fn start(
     let site = SiteId(store.site_id());
     let service = config.mdns_service_name.clone();
     let protocol_version = deployment_tag(&service);
-    let agent = format!(
+    let mut agent = format!(
         "todo-node/{} site={} name={}",
         env!("CARGO_PKG_VERSION"),
         site,
         config.node_name.replace(' ', "_")
     );
+    if let Some(url) = &config.public_url {
+        agent.push_str(&format!(" url={url}"));
+    }
     let enable_mdns = config.enable_mdns;
     let sync_protocol = protocol::sync_protocol(&service);
 
@@ -319,18 +325,30 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     }
 }
 
-/// Reads `site=<hex>` and `name=<name>` from a peer's identify agent string.
-fn parse_agent(agent: &str) -> (Option<SiteId>, Option<String>) {
-    let mut site = None;
-    let mut name = None;
+/// What a node says of itself in its identify agent string.
+#[derive(Debug, Default, PartialEq)]
+struct Agent {
+    site: Option<SiteId>,
+    name: Option<String>,
+    /// Where browsers reach it (PUBLIC_URL).
+    url: Option<String>,
+}
+
+/// Reads `site=<hex>`, `name=<name>` and `url=<origin>` from a peer's identify agent string.
+fn parse_agent(agent: &str) -> Agent {
+    let mut out = Agent::default();
     for part in agent.split_whitespace() {
         if let Some(hex) = part.strip_prefix("site=") {
-            site = hex.parse().ok();
+            out.site = hex.parse().ok();
         } else if let Some(n) = part.strip_prefix("name=") {
-            name = Some(n.to_owned());
+            out.name = Some(n.to_owned());
+        } else if let Some(u) = part.strip_prefix("url=")
+            && (u.starts_with("http://") || u.starts_with("https://"))
+        {
+            out.url = Some(u.to_owned());
         }
     }
-    (site, name)
+    out
 }
 
 struct EventLoop {
@@ -404,6 +422,7 @@ impl EventLoop {
                         addresses: p.addresses.iter().map(ToString::to_string).collect(),
                         site_id: p.site.map(|s| s.to_string()),
                         node: p.node_name.clone(),
+                        public_url: p.public_url.clone(),
                         last_sync_secs_ago: p.last_sync.map(|t| t.elapsed().as_secs()),
                         watermark: p.watermark.map(|w| w.0),
                     })
@@ -469,6 +488,7 @@ impl EventLoop {
                     addresses: HashSet::new(),
                     site: None,
                     node_name: None,
+                    public_url: None,
                     accepted: false,
                     syncing: None,
                     round_started: None,
@@ -546,14 +566,15 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
         }
-        let (site, name) = parse_agent(&info.agent_version);
+        let agent = parse_agent(&info.agent_version);
         let Some(state) = self.peers.get_mut(&peer_id) else {
             return;
         };
         let newly = !state.accepted;
         state.accepted = true;
-        state.site = site;
-        state.node_name = name;
+        state.site = agent.site;
+        state.node_name = agent.name;
+        state.public_url = agent.url;
         if newly {
             tracing::info!(%peer_id, node = ?state.node_name, site = ?state.site.map(|s| s.to_string()), "peer joined");
             self.swarm
@@ -865,5 +886,29 @@ impl EventLoop {
                 tracing::debug!(%peer, changes, impacted, "merged gossip");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_strings_name_site_node_and_public_url() {
+        let site = SiteId([0xAB; 16]);
+        let agent = parse_agent(&format!(
+            "todo-node/0.1.0 site={site} name=a url=http://10.0.0.2:3001"
+        ));
+        assert_eq!(
+            agent,
+            Agent {
+                site: Some(site),
+                name: Some("a".into()),
+                url: Some("http://10.0.0.2:3001".into()),
+            }
+        );
+        // A url that is not http(s) is ignored: pages would be sent there.
+        assert_eq!(parse_agent("x url=javascript:alert(1)").url, None);
+        assert_eq!(parse_agent("todo-node/0.1.0"), Agent::default());
     }
 }

@@ -386,3 +386,61 @@ async fn without_javascript_every_action_works_through_plain_forms() {
     browser.quit().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_node_still_down_a_page_fails_over_to_another_known_node() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = TestNode::start_with(p2p_config(dir_a.path(), "a", &[])).await;
+    let b = TestNode::start_with(p2p_config(dir_b.path(), "b", &[p2p_addr(&a).await])).await;
+    let b_addr = b.addr;
+    let (_profile_parent, profile) = profile_dir();
+    let browser = Browser::start(BrowserOptions {
+        profile: &profile,
+        javascript: true,
+    })
+    .await;
+    browser.goto(&a.url("/")).await;
+    // The page learns node B's address from node A's peers (B's PUBLIC_URL).
+    let b_origin = format!("http://{b_addr}");
+    wait_js(
+        &browser,
+        "node B among the known nodes",
+        &format!(
+            "navigator.serviceWorker.controller && \
+             JSON.parse(localStorage.getItem('todo-known-nodes') || '[]').includes('{b_origin}')"
+        ),
+    )
+    .await;
+
+    // Both nodes go down; the user works offline.
+    a.stop().await;
+    b.stop().await;
+    browser.refresh().await;
+    wait_js(
+        &browser,
+        "offline mode",
+        "window.todoApp?.ready && todoApp.mode === 'offline'",
+    )
+    .await;
+    add_via_form(&browser, "Written while both were down").await;
+
+    // Only B returns: the page pushes its work to B and moves there.
+    let b = TestNode::start_at(p2p_config(dir_b.path(), "b", &[]), b_addr).await;
+    wait_js(
+        &browser,
+        "the page served by node B in server mode",
+        &format!(
+            "location.origin === '{b_origin}' && window.todoApp?.mode === 'server' \
+             && document.querySelector('.banner-server')"
+        ),
+    )
+    .await;
+    assert_eq!(titles(&b).await, ["Written while both were down"]);
+    let page = browser.source().await;
+    assert!(page.contains("Written while both were down") && page.contains("<strong>b</strong>"));
+    browser.quit().await;
+    b.stop().await;
+}

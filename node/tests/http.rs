@@ -586,7 +586,10 @@ async fn the_pwa_assets_are_served_with_their_types() {
         ("/static/manifest.webmanifest", "application/manifest+json"),
         ("/static/app.js", "text/javascript; charset=utf-8"),
         ("/static/shell.html", "text/html; charset=utf-8"),
-        ("/static/wasm/wasm_peer.js", "text/javascript; charset=utf-8"),
+        (
+            "/static/wasm/wasm_peer.js",
+            "text/javascript; charset=utf-8",
+        ),
         ("/static/wasm/wasm_peer_bg.wasm", "application/wasm"),
         ("/static/icons/icon-192.png", "image/png"),
         ("/static/icons/icon-512.png", "image/png"),

@@ -185,6 +185,7 @@ async function syncWith(base) {
     const more = await withPeer((p) => p.receivePage(page), { save: true });
     if (!more) break;
   }
+  if (base === "") await learnNodes();
   status.lastSync = Date.now();
   status.lastError = null;
   return health;
@@ -318,6 +319,16 @@ function knownNodes() {
     nodes = [];
   }
   return [location.origin, ...nodes.filter((n) => n !== location.origin)];
+}
+
+// The other nodes of the deployment, from this node's peers: where to fail over to.
+async function learnNodes() {
+  try {
+    const peers = await (await fetchWithTimeout("/api/peers", {}, HEALTH_TIMEOUT_MS)).json();
+    for (const peer of peers.peers || []) if (peer.public_url) rememberNode(peer.public_url);
+  } catch (e) {
+    console.debug("could not list the other nodes:", e);
+  }
 }
 
 function rememberNode(origin) {
