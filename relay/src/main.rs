@@ -1,6 +1,8 @@
 //! `todo-relay`: reads its configuration (env vars or flags), sets up logging, binds the HTTP
 //! port, and runs until SIGINT or SIGTERM.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use clap::Parser;
 use todo_relay::Config;
@@ -11,7 +13,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = EnvFilter::try_new(&config.log)
         .map_err(|e| anyhow::anyhow!("invalid LOG filter {:?}: {e}", config.log))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 
     let addr = config.http_addr();
     let listener = tokio::net::TcpListener::bind(addr)

@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
+mod tracked;
+
 /// Identify's protocol version: tells nodes that this peer is the deployment's relay, not a
 /// node of some other deployment.
 pub const PROTOCOL_VERSION: &str = "/todo-hybrid/relay/1";
@@ -49,7 +51,7 @@ const RENDEZVOUS_MIN_TTL: u64 = 60;
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     limits: connection_limits::Behaviour,
-    relay: relay::Behaviour,
+    relay: tracked::TrackedRelay,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::v1::Behaviour,
@@ -129,7 +131,7 @@ pub async fn start(
             let peer_id = key.public().to_peer_id();
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
-                relay: relay::Behaviour::new(peer_id, relay_config),
+                relay: tracked::TrackedRelay::new(relay::Behaviour::new(peer_id, relay_config)),
                 identify: identify::Behaviour::new(
                     identify::Config::new(PROTOCOL_VERSION.to_owned(), key.public())
                         .with_agent_version(format!("todo-relay/{}", env!("CARGO_PKG_VERSION"))),
@@ -168,7 +170,6 @@ pub async fn start(
         advertise_listen_addrs: config.advertise_listen_addrs,
         configured_external: config.external_addrs.iter().cloned().collect(),
         connections: HashMap::new(),
-        reservations: HashMap::new(),
         circuits: 0,
         registrations: HashSet::new(),
         hop_advertised: false,
@@ -204,8 +205,6 @@ struct EventLoop {
     configured_external: HashSet<Multiaddr>,
     /// Every open connection and the address it comes from.
     connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
-    /// Reservations held per peer (see `on_connection_closed` for how they end).
-    reservations: HashMap<PeerId, usize>,
     circuits: usize,
     registrations: HashSet<(PeerId, String)>,
     hop_advertised: bool,
@@ -230,7 +229,7 @@ impl EventLoop {
     }
 
     fn reservation_count(&self) -> usize {
-        self.reservations.values().sum()
+        self.swarm.behaviour().relay.reservations()
     }
 
     /// The address a peer is connected from (its first connection), for the logs.
@@ -317,45 +316,29 @@ impl EventLoop {
         }
     }
 
-    /// A reservation lives on one connection and ends with it. libp2p-relay reports a
-    /// `ReservationClosed` for *every* closed connection (with or without a reservation) and
-    /// names no connection in its events, so the count is kept here instead: a peer holds at
-    /// most one reservation per connection, so when one of its connections closes its count
-    /// is capped at the connections it has left. That is exact for the usual client (one
-    /// connection) and for a peer that reserves on each of its connections.
     fn on_connection_closed(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
         cause: Option<String>,
     ) {
-        let left = match self.connections.get_mut(&peer) {
-            Some(c) => {
-                c.remove(&connection);
-                c.len()
+        if let Some(c) = self.connections.get_mut(&peer) {
+            c.remove(&connection);
+            if c.is_empty() {
+                self.connections.remove(&peer);
             }
-            None => 0,
-        };
-        if left == 0 {
-            self.connections.remove(&peer);
         }
-        if let Some(held) = self.reservations.get_mut(&peer)
-            && *held > left
-        {
-            let ended = *held - left;
-            *held = left;
-            if left == 0 {
-                self.reservations.remove(&peer);
-            }
-            tracing::info!(%peer, ended, cause = cause.as_deref().unwrap_or("closed"), reservations = self.reservation_count(), "reservation ended with its connection");
-        } else {
-            tracing::debug!(%peer, ?cause, "disconnected");
-        }
+        tracing::debug!(%peer, ?cause, "disconnected");
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Relay(event) => self.on_relay_event(event),
+            BehaviourEvent::Relay(tracked::Event::Relay { event, .. }) => {
+                self.on_relay_event(event)
+            }
+            BehaviourEvent::Relay(tracked::Event::ReservationEnded { peer, .. }) => {
+                tracing::info!(%peer, reservations = self.reservation_count(), "reservation ended with its connection");
+            }
             BehaviourEvent::Rendezvous(event) => self.on_rendezvous_event(event),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 tracing::debug!(%peer_id, agent = %info.agent_version, observed = %info.observed_addr, "identified");
@@ -382,9 +365,6 @@ impl EventLoop {
                     tracing::debug!(peer = %src_peer_id, "reservation renewed");
                     return;
                 }
-                let connections = self.connections.get(&src_peer_id).map_or(1, HashMap::len);
-                let held = self.reservations.entry(src_peer_id).or_default();
-                *held = (*held + 1).min(connections);
                 tracing::info!(peer = %src_peer_id, addr = %self.addr_of(&src_peer_id), reservations = self.reservation_count(), "reservation accepted");
             }
             E::ReservationReqDenied {
@@ -394,15 +374,9 @@ impl EventLoop {
                 tracing::info!(peer = %src_peer_id, addr = %self.addr_of(&src_peer_id), ?status, reservations = self.reservation_count(), "reservation denied");
             }
             E::ReservationTimedOut { src_peer_id } => {
-                if let Some(held) = self.reservations.get_mut(&src_peer_id) {
-                    *held = held.saturating_sub(1);
-                    if *held == 0 {
-                        self.reservations.remove(&src_peer_id);
-                    }
-                }
                 tracing::info!(peer = %src_peer_id, reservations = self.reservation_count(), "reservation expired (not renewed)");
             }
-            // Reported for every closed connection; counted in `on_connection_closed`.
+            // Reported for every closed connection; `ReservationEnded` is the real thing.
             E::ReservationClosed { .. } => {}
             E::ReservationReqAcceptFailed { src_peer_id, error } => {
                 tracing::debug!(peer = %src_peer_id, %error, "accepting a reservation failed");
