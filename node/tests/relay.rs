@@ -33,6 +33,13 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Says on stderr (past the test harness's capture, so it shows in every run) that a test
+/// is skipped and why.
+fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// Why this machine cannot run the test, if it cannot.
 fn missing_prerequisite() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
@@ -333,7 +340,10 @@ fn reservation(ns: &str) -> Option<String> {
 #[test]
 fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED nodes_without_a_route_to_each_other_replicate_through_the_relay: {why}");
+        skip(
+            "nodes_without_a_route_to_each_other_replicate_through_the_relay",
+            why,
+        );
         return;
     }
     let data = tempfile::tempdir().expect("tempdir");
@@ -435,8 +445,9 @@ fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
 #[test]
 fn dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!(
-            "SKIPPED dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists: {why}"
+        skip(
+            "dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists",
+            why,
         );
         return;
     }
