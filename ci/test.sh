@@ -8,7 +8,7 @@ source ci/env.sh
 started=$SECONDS
 
 step "prerequisites (Debian packages, rust targets, cr-sqlite $CRSQLITE_DIR)"
-apt_install libclang-dev python3 sqlite3 chromium chromium-driver
+apt_install libclang-dev python3 sqlite3 curl iproute2 chromium chromium-driver
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown >/dev/null
 ci/build-crsqlite.sh >/dev/null
@@ -24,6 +24,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "the shared crates and the browser peer build for wasm32-unknown-unknown"
 cargo build --locked -p changeset -p app -p wasm-peer --target wasm32-unknown-unknown
+
+step "the relay binary (node/tests/relay.rs runs it next to the node's)"
+cargo build --locked -p todo-relay
 
 step "unit and integration tests"
 cargo test --workspace --locked

@@ -54,6 +54,13 @@ pub struct Config {
     #[arg(long, env = "BOOTSTRAP_PEERS", value_delimiter = ',', value_parser = parse_peer_addr)]
     pub bootstrap_peers: Vec<Multiaddr>,
 
+    /// Relays to keep a reservation on (comma-separated multiaddrs, each ending in
+    /// /p2p/<relay id>), so that nodes which cannot reach this one directly connect through
+    /// them at `<relay>/p2p-circuit/p2p/<this node's id>`; such connections are upgraded to
+    /// direct ones by hole punching (DCUtR) where the network allows.
+    #[arg(long, env = "RELAY_ADDRS", value_delimiter = ',', value_parser = parse_relay_addr)]
+    pub relay_addrs: Vec<Multiaddr>,
+
     /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one).
     #[arg(
         long,
@@ -87,6 +94,7 @@ impl Config {
             enable_mdns: false,
             mdns_service_name: "todo-hybrid".to_owned(),
             bootstrap_peers: Vec::new(),
+            relay_addrs: Vec::new(),
             p2p_listen: vec![
                 "/ip4/127.0.0.1/tcp/0"
                     .parse()
@@ -151,6 +159,17 @@ fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
     }
 }
 
+/// A relay's own address: names the relay (/p2p/<id>) and is not itself a circuit.
+fn parse_relay_addr(s: &str) -> Result<Multiaddr, String> {
+    let addr = parse_peer_addr(s)?;
+    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return Err(format!(
+            "{s:?} must be the relay's own address, not a /p2p-circuit address through it"
+        ));
+    }
+    Ok(addr)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +194,30 @@ mod tests {
             .expect_err("no peer id");
         assert!(err.to_string().contains("BOOTSTRAP_PEERS"), "{err}");
         assert!(err.to_string().contains("/p2p/"), "{err}");
+        let err = Config::try_parse_from(["todo-node", "--relay-addrs", "/ip4/10.0.0.1/tcp/4001"])
+            .expect_err("no relay id");
+        assert!(err.to_string().contains("RELAY_ADDRS"), "{err}");
+        let err = Config::try_parse_from([
+            "todo-node",
+            "--relay-addrs",
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+        ])
+        .expect_err("a circuit is not a relay");
+        assert!(err.to_string().contains("RELAY_ADDRS"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_peers_may_be_reached_through_a_relay() {
+        let c = Config::try_parse_from([
+            "todo-node",
+            "--relay-addrs",
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            "--bootstrap-peers",
+            "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE",
+        ])
+        .expect("parse");
+        assert_eq!(c.relay_addrs.len(), 1);
+        assert_eq!(c.bootstrap_peers.len(), 1);
     }
 
     #[test]

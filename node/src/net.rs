@@ -13,6 +13,13 @@
 //!   changes above the watermark it keeps for that peer's site, page by page; each page is
 //!   merged and the watermark advanced in the same transaction. This repairs whatever gossip
 //!   missed: restarts, partitions, late joiners.
+//! - **Relays**: for each of RELAY_ADDRS the node keeps a reservation (listens on
+//!   `<relay>/p2p-circuit`), so others reach it at `<relay>/p2p-circuit/p2p/<its id>`; when the
+//!   reservation ends (the relay restarted, the connection dropped, the relay refused) it asks
+//!   again with backoff. BOOTSTRAP_PEERS may be such circuit addresses. DCUtR then tries to
+//!   replace a relayed connection with a direct one (hole punching). Relays are recognised by
+//!   being configured or by offering the relay protocol; they are kept connected but never
+//!   synced with.
 //! - **Hostile input** (undecodable bytes, wrong schema, oversized batches, absurd versions)
 //!   is logged, applies nothing, and gets the peer disconnected and banned for a while.
 //!
@@ -30,12 +37,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use changeset::{Change, DbVersion, SiteId};
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns, noise, ping, relay, tcp, yamux};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +57,8 @@ use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 const SYNC_PAGE_CHANGES: u32 = 5_000;
 /// How long a peer that sent hostile input is refused.
 const BAN_DURATION: Duration = Duration::from_secs(60);
-/// Redial backoff for bootstrap peers: doubles from the first value up to the second.
+/// Redial backoff for bootstrap peers, and for asking a relay for a reservation again:
+/// doubles from the first value up to the second.
 const REDIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 /// Bounded queues: commands from the HTTP side, and results of database work.
 const COMMAND_QUEUE: usize = 64;
@@ -65,6 +74,8 @@ pub struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     sync: request_response::Behaviour<SyncCodec>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
 }
 
 /// What /api/peers shows of a connected node.
@@ -72,6 +83,10 @@ pub struct Behaviour {
 pub struct PeerInfo {
     pub peer_id: String,
     pub addresses: Vec<String>,
+    /// "direct" when at least one connection is direct, else "relayed" (through a relay).
+    pub connection: &'static str,
+    pub direct_connections: usize,
+    pub relayed_connections: usize,
     pub site_id: Option<String>,
     pub node: Option<String>,
     /// Where browsers reach it: a page fails over to it when its own node is down.
@@ -81,11 +96,25 @@ pub struct PeerInfo {
     pub watermark: Option<u64>,
 }
 
+/// What /api/peers shows of a configured relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayInfo {
+    pub peer_id: String,
+    pub addr: String,
+    /// "active" (others can reach this node through the relay), "pending" (asked) or "none"
+    /// (waiting to ask again).
+    pub reservation: &'static str,
+    pub connected: bool,
+    /// Why the last reservation ended or failed, if it did.
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct NetStatus {
     pub peer_id: String,
     pub listen_addrs: Vec<String>,
     pub peers: Vec<PeerInfo>,
+    pub relays: Vec<RelayInfo>,
 }
 
 enum Command {
@@ -160,7 +189,10 @@ enum Done {
 }
 
 struct PeerState {
-    addresses: HashSet<Multiaddr>,
+    /// Open connections: remote address, and whether it goes through a relay.
+    connections: HashMap<ConnectionId, (Multiaddr, bool)>,
+    /// A relay (configured, or offering the relay protocol): kept, never synced with.
+    relay: bool,
     site: Option<SiteId>,
     node_name: Option<String>,
     public_url: Option<String>,
@@ -177,6 +209,17 @@ struct Redial {
     addr: Multiaddr,
     next_at: Instant,
     backoff: Duration,
+}
+
+/// A relay of RELAY_ADDRS and the node's reservation on it.
+struct RelayState {
+    addr: Multiaddr,
+    /// The `<relay>/p2p-circuit` listener while a reservation is asked for or held.
+    listener: Option<ListenerId>,
+    reserved: bool,
+    next_at: Instant,
+    backoff: Duration,
+    last_error: Option<String>,
 }
 
 /// Builds the swarm and starts the network loop; returns its handle and task.
@@ -213,7 +256,9 @@ pub fn start(
         .with_quic()
         .with_dns()
         .context("DNS resolver")?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .context("relay client transport")?
+        .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let gossipsub_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
@@ -251,6 +296,8 @@ pub fn start(
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60)),
                 ),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer_id),
             })
         })
         .map_err(|e| anyhow::anyhow!("building the network behaviour: {e}"))?
@@ -279,6 +326,30 @@ pub fn start(
         })
         .collect();
 
+    let relays: HashMap<PeerId, RelayState> = config
+        .relay_addrs
+        .iter()
+        .filter_map(|addr| {
+            Some((
+                peer_of(addr)?,
+                RelayState {
+                    addr: addr.clone(),
+                    listener: None,
+                    reserved: false,
+                    next_at: now,
+                    backoff: REDIAL_BACKOFF.0,
+                    last_error: None,
+                },
+            ))
+        })
+        .collect();
+    // Relays named in circuit addresses of BOOTSTRAP_PEERS are relays too.
+    let known_relays = relays
+        .keys()
+        .copied()
+        .chain(config.bootstrap_peers.iter().filter_map(relay_of))
+        .collect();
+
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (done_tx, done) = mpsc::channel(DONE_QUEUE);
     let last_published = DbVersion(*local_writes.borrow());
@@ -297,6 +368,8 @@ pub fn start(
         peers: HashMap::new(),
         banned: HashMap::new(),
         redials,
+        relays,
+        known_relays,
         sync_interval: Duration::from_secs(config.sync_interval_secs),
         gossip_slots: Arc::new(tokio::sync::Semaphore::new(GOSSIP_MERGES_IN_FLIGHT)),
         shutdown,
@@ -323,6 +396,23 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
     }
+}
+
+/// The relay of a circuit address (`<relay>/p2p/<relay id>/p2p-circuit/...`).
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut relay = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => relay = Some(peer),
+            Protocol::P2pCircuit => return relay,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// What a node says of itself in its identify agent string.
@@ -366,6 +456,9 @@ struct EventLoop {
     peers: HashMap<PeerId, PeerState>,
     banned: HashMap<PeerId, Instant>,
     redials: HashMap<PeerId, Redial>,
+    relays: HashMap<PeerId, RelayState>,
+    /// Configured relays and those named in bootstrap circuit addresses.
+    known_relays: HashSet<PeerId>,
     sync_interval: Duration,
     gossip_slots: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
@@ -417,20 +510,43 @@ impl EventLoop {
                     .peers
                     .iter()
                     .filter(|(_, p)| p.accepted)
-                    .map(|(id, p)| PeerInfo {
+                    .map(|(id, p)| {
+                        let relayed = p.connections.values().filter(|(_, r)| *r).count();
+                        let direct = p.connections.len() - relayed;
+                        PeerInfo {
+                            peer_id: id.to_string(),
+                            addresses: p.connections.values().map(|(a, _)| a.to_string()).collect(),
+                            connection: if direct > 0 { "direct" } else { "relayed" },
+                            direct_connections: direct,
+                            relayed_connections: relayed,
+                            site_id: p.site.map(|s| s.to_string()),
+                            node: p.node_name.clone(),
+                            public_url: p.public_url.clone(),
+                            last_sync_secs_ago: p.last_sync.map(|t| t.elapsed().as_secs()),
+                            watermark: p.watermark.map(|w| w.0),
+                        }
+                    })
+                    .collect();
+                let relays = self
+                    .relays
+                    .iter()
+                    .map(|(id, r)| RelayInfo {
                         peer_id: id.to_string(),
-                        addresses: p.addresses.iter().map(ToString::to_string).collect(),
-                        site_id: p.site.map(|s| s.to_string()),
-                        node: p.node_name.clone(),
-                        public_url: p.public_url.clone(),
-                        last_sync_secs_ago: p.last_sync.map(|t| t.elapsed().as_secs()),
-                        watermark: p.watermark.map(|w| w.0),
+                        addr: r.addr.to_string(),
+                        reservation: match (r.reserved, r.listener.is_some()) {
+                            (true, _) => "active",
+                            (false, true) => "pending",
+                            (false, false) => "none",
+                        },
+                        connected: self.swarm.is_connected(id),
+                        last_error: r.last_error.clone(),
                     })
                     .collect();
                 let _ = reply.send(NetStatus {
                     peer_id: self.swarm.local_peer_id().to_string(),
                     listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
                     peers,
+                    relays,
                 });
             }
         }
@@ -439,6 +555,7 @@ impl EventLoop {
     fn on_tick(&mut self) {
         let now = Instant::now();
         self.banned.retain(|_, until| *until > now);
+        self.reserve_on_relays(now);
         let due: Vec<(PeerId, Multiaddr)> = self
             .redials
             .iter()
@@ -472,20 +589,85 @@ impl EventLoop {
         }
     }
 
+    /// Asks each relay without a reservation (or a request under way) for one, once its
+    /// backoff has passed. Listening on `<relay>/p2p-circuit` dials the relay if needed.
+    fn reserve_on_relays(&mut self, now: Instant) {
+        for (peer, relay) in &mut self.relays {
+            if relay.listener.is_some() || relay.next_at > now {
+                continue;
+            }
+            let circuit = relay.addr.clone().with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit) {
+                Ok(id) => {
+                    tracing::debug!(relay = %peer, addr = %relay.addr, "asking the relay for a reservation");
+                    relay.listener = Some(id);
+                }
+                Err(error) => {
+                    tracing::warn!(relay = %peer, addr = %relay.addr, %error, "cannot listen through the relay");
+                    relay.last_error = Some(error.to_string());
+                    relay.next_at = now + relay.backoff;
+                    relay.backoff = (relay.backoff * 2).min(REDIAL_BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// A relay listener closed: the reservation ended (or was never granted). Ask again
+    /// after the backoff.
+    fn on_relay_listener_closed(&mut self, listener: ListenerId, error: Option<String>) {
+        let Some((peer, relay)) = self
+            .relays
+            .iter_mut()
+            .find(|(_, r)| r.listener == Some(listener))
+        else {
+            return;
+        };
+        let was_reserved = relay.reserved;
+        relay.listener = None;
+        relay.reserved = false;
+        relay.next_at = Instant::now() + relay.backoff;
+        let retry_secs = relay.backoff.as_secs_f64();
+        relay.backoff = (relay.backoff * 2).min(REDIAL_BACKOFF.1);
+        relay.last_error = Some(
+            error
+                .clone()
+                .unwrap_or_else(|| "connection to the relay closed".to_owned()),
+        );
+        if was_reserved {
+            tracing::warn!(relay = %peer, error = ?error, retry_secs, "relay reservation lost; asking again");
+        } else {
+            tracing::info!(relay = %peer, error = ?error, retry_secs, "relay reservation not granted; asking again later");
+        }
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+                if is_relayed(&address) {
+                    tracing::info!(%address, "reachable through the relay");
+                } else {
+                    tracing::info!(%address, peer_id = %self.swarm.local_peer_id(), "p2p listening");
+                }
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => self.on_relay_listener_closed(listener_id, reason.err().map(|e| e.to_string())),
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
                 if self.banned.contains_key(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
+                let relay = self.known_relays.contains(&peer_id);
                 let state = self.peers.entry(peer_id).or_insert_with(|| PeerState {
-                    addresses: HashSet::new(),
+                    connections: HashMap::new(),
+                    relay,
                     site: None,
                     node_name: None,
                     public_url: None,
@@ -496,19 +678,29 @@ impl EventLoop {
                     last_sync: None,
                     watermark: None,
                 });
+                let addr = endpoint.get_remote_address().clone();
+                let relayed = endpoint.is_relayed();
                 state
-                    .addresses
-                    .insert(endpoint.get_remote_address().clone());
+                    .connections
+                    .insert(connection_id, (addr.clone(), relayed));
                 if let Some(r) = self.redials.get_mut(&peer_id) {
                     r.backoff = REDIAL_BACKOFF.0;
                 }
-                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if state.accepted {
+                    tracing::info!(%peer_id, %addr, relayed, "another connection to a peer");
+                } else {
+                    tracing::debug!(%peer_id, %addr, relayed, "connected");
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 ..
             } => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.connections.remove(&connection_id);
+                }
                 if num_established == 0
                     && let Some(p) = self.peers.remove(&peer_id)
                 {
@@ -554,12 +746,56 @@ impl EventLoop {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if let Some(relay) = self.relays.get_mut(&relay_peer_id) {
+                    relay.reserved = true;
+                    relay.backoff = REDIAL_BACKOFF.0;
+                    relay.last_error = None;
+                }
+                if renewal {
+                    tracing::debug!(relay = %relay_peer_id, "relay reservation renewed");
+                } else {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::InboundCircuitEstablished {
+                src_peer_id,
+                ..
+            }) => {
+                tracing::debug!(peer = %src_peer_id, "inbound connection through a relay");
+            }
+            BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    tracing::info!(peer = %remote_peer_id, "direct connection established by hole punching (DCUtR); the relayed one is no longer needed")
+                }
+                Err(error) => {
+                    tracing::info!(peer = %remote_peer_id, %error, "hole punching failed; the connection stays relayed")
+                }
+            },
             _ => {}
         }
     }
 
     fn on_identified(&mut self, peer_id: PeerId, info: identify::Info) {
         let ours = deployment_tag(&self.service);
+        let is_relay = self.known_relays.contains(&peer_id)
+            || info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+        if info.protocol_version != ours && is_relay {
+            if let Some(state) = self.peers.get_mut(&peer_id)
+                && !state.relay
+            {
+                state.relay = true;
+                tracing::info!(%peer_id, agent = %info.agent_version, "connected to a relay");
+            }
+            return;
+        }
         if info.protocol_version != ours {
             tracing::info!(%peer_id, theirs = %info.protocol_version, %ours, "peer belongs to another deployment; disconnecting");
             self.banned.insert(peer_id, Instant::now() + BAN_DURATION);

@@ -25,6 +25,9 @@ pub struct Health {
     peer_id: String,
     /// Nodes of this deployment currently connected.
     peers: usize,
+    /// Relays (of RELAY_ADDRS) holding a reservation for this node, out of how many.
+    relay_reservations: usize,
+    relays: usize,
 }
 
 pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonError> {
@@ -33,6 +36,12 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonE
     Ok(Json(Health {
         peer_id: net.peer_id,
         peers: net.peers.len(),
+        relay_reservations: net
+            .relays
+            .iter()
+            .filter(|r| r.reservation == "active")
+            .count(),
+        relays: net.relays.len(),
         status: "ok",
         node_name: state.node_name.to_string(),
         site_id: info.site_id,
