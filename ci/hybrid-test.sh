@@ -8,7 +8,7 @@
 # address and container port.
 #
 # Checks, in order, each reported on one line: build; the compose file validates; start all
-# three; health; mDNS discovery; SSR of / on both; PWA assets; a todo added on A reaches B; A
+# three; health; reservations on the relay; mDNS discovery; SSR of / on both; PWA assets; a todo added on A reaches B; A
 # killed: B serves and takes writes; A restarted: it catches up; a partition with writes on both
 # sides, healed: both converge. Everything started is stopped, and every namespace deleted, also
 # on failure. Needs root (ip netns).
@@ -27,7 +27,11 @@ started=$SECONDS
 
 cleanup() {
   local status=$?
-  for service in "${!PIDS[@]}"; do kill -9 "${PIDS[$service]}" 2>/dev/null || true; done
+  for service in "${!PIDS[@]}"; do kill -TERM "${PIDS[$service]}" 2>/dev/null || true; done
+  for service in "${!PIDS[@]}"; do
+    timeout 10 tail --pid="${PIDS[$service]}" -f /dev/null 2>/dev/null || kill -9 "${PIDS[$service]}" 2>/dev/null || true
+    wait "${PIDS[$service]}" 2>/dev/null || true
+  done
   for ns in "${NS[@]}" "$SWITCH"; do ip netns del "$ns" 2>/dev/null || true; done
   if [ $status -ne 0 ]; then
     echo "hybrid test FAILED; last log lines of each service:"
@@ -138,6 +142,9 @@ healthy() {
     && eventually 30 http node-b node-b /health
 }
 
+reserved() { http "$1" "$1" /api/peers | grep -q '"reservation":"active"'; }
+reservations() { eventually 30 reserved node-a && eventually 30 reserved node-b; }
+
 peers_name() { http "$1" "$1" /api/peers | grep -q "\"node\":\"$2\""; }
 discovered() { eventually 30 peers_name node-a node-b && eventually 30 peers_name node-b node-a; }
 
@@ -167,7 +174,7 @@ write_reaches() { add_todo "$1" "$3" && eventually "$CONVERGE_SECS" has_todo "$2
 
 kill_a_then_b_serves() {
   kill -9 "${PIDS[node-a]}"
-  wait "${PIDS[node-a]}" 2>/dev/null || true
+  wait "${PIDS[node-a]}" 2>/dev/null || true  # (bash reports the kill; that is this step)
   unset 'PIDS[node-a]'
   ! http node-a node-a /health >/dev/null 2>&1 \
     && http node-b node-b / >/dev/null \
@@ -199,6 +206,7 @@ check "$COMPOSE_FILE validates (docker-compose config)" read_compose
 check "namespaces and bridge for todo-network (172.20.0.0/16)" make_network
 check "start relay, node-a, node-b with the compose environment" start_all
 check "health of relay, node-a and node-b" healthy
+check "both nodes hold a reservation on the relay (RELAY_ADDRS)" reservations
 check "mDNS discovery between the nodes" discovered
 check "SSR of / on both nodes" ssr
 check "PWA assets (manifest, service worker, wasm) on both nodes" pwa_assets

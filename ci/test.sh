@@ -36,4 +36,7 @@ if [ -f ../shared/tools/test_crsqlite_oracle.py ]; then
   /usr/bin/python3 ../shared/tools/test_crsqlite_oracle.py | tail -1
 fi
 
+step "the hybrid deployment (docker-compose.hybrid.yml) in network namespaces"
+ci/hybrid-test.sh
+
 step "all tests passed in $((SECONDS - started)) s"

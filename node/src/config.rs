@@ -57,9 +57,11 @@ pub struct Config {
     /// Relays to keep a reservation on (comma-separated multiaddrs, each ending in
     /// /p2p/<relay id>), so that nodes which cannot reach this one directly connect through
     /// them at `<relay>/p2p-circuit/p2p/<this node's id>`; such connections are upgraded to
-    /// direct ones by hole punching (DCUtR) where the network allows.
+    /// direct ones by hole punching (DCUtR) where the network allows. An entry may instead be
+    /// the URL of a relay's HTTP server (http://relay:4000): the node reads the relay's id and
+    /// addresses from its /addrs, for deployments that cannot know the id in advance.
     #[arg(long, env = "RELAY_ADDRS", value_delimiter = ',', value_parser = parse_relay_addr)]
-    pub relay_addrs: Vec<Multiaddr>,
+    pub relay_addrs: Vec<RelayAddr>,
 
     /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one).
     #[arg(
@@ -159,8 +161,24 @@ fn parse_peer_addr(s: &str) -> Result<Multiaddr, String> {
     }
 }
 
+/// An entry of RELAY_ADDRS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayAddr {
+    /// The relay's libp2p address, ending in /p2p/<relay id>.
+    Peer(Multiaddr),
+    /// The origin of the relay's HTTP server, whose /addrs gives its id and addresses.
+    Http(String),
+}
+
+fn parse_relay_addr(s: &str) -> Result<RelayAddr, String> {
+    if s.trim().starts_with("http://") || s.trim().starts_with("https://") {
+        return parse_public_url(s).map(RelayAddr::Http);
+    }
+    parse_relay_multiaddr(s).map(RelayAddr::Peer)
+}
+
 /// A relay's own address: names the relay (/p2p/<id>) and is not itself a circuit.
-fn parse_relay_addr(s: &str) -> Result<Multiaddr, String> {
+fn parse_relay_multiaddr(s: &str) -> Result<Multiaddr, String> {
     let addr = parse_peer_addr(s)?;
     if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
         return Err(format!(
@@ -218,6 +236,16 @@ mod tests {
         .expect("parse");
         assert_eq!(c.relay_addrs.len(), 1);
         assert_eq!(c.bootstrap_peers.len(), 1);
+    }
+
+    #[test]
+    fn a_relay_may_be_named_by_the_url_of_its_http_server() {
+        let c = Config::try_parse_from(["todo-node", "--relay-addrs", "http://relay:4000/"])
+            .expect("parse");
+        assert_eq!(c.relay_addrs, [RelayAddr::Http("http://relay:4000".into())]);
+        let err = Config::try_parse_from(["todo-node", "--relay-addrs", "http://relay:4000/addrs"])
+            .expect_err("a path");
+        assert!(err.to_string().contains("RELAY_ADDRS"), "{err}");
     }
 
     #[test]

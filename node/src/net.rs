@@ -48,7 +48,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, RelayAddr};
 use crate::db::Store;
 use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 
@@ -119,6 +119,8 @@ pub struct NetStatus {
 
 enum Command {
     Status(oneshot::Sender<NetStatus>),
+    /// A relay of RELAY_ADDRS given by URL, now that its /addrs named it.
+    AddRelay(Multiaddr),
     /// Changes merged from outside the swarm (a browser's push), to announce to the nodes.
     Gossip(Vec<Change>),
 }
@@ -212,6 +214,19 @@ struct Redial {
 }
 
 /// A relay of RELAY_ADDRS and the node's reservation on it.
+impl RelayState {
+    fn new(addr: Multiaddr, now: Instant) -> Self {
+        Self {
+            addr,
+            listener: None,
+            reserved: false,
+            next_at: now,
+            backoff: REDIAL_BACKOFF.0,
+            last_error: None,
+        }
+    }
+}
+
 struct RelayState {
     addr: Multiaddr,
     /// The `<relay>/p2p-circuit` listener while a reservation is asked for or held.
@@ -329,18 +344,9 @@ pub fn start(
     let relays: HashMap<PeerId, RelayState> = config
         .relay_addrs
         .iter()
-        .filter_map(|addr| {
-            Some((
-                peer_of(addr)?,
-                RelayState {
-                    addr: addr.clone(),
-                    listener: None,
-                    reserved: false,
-                    next_at: now,
-                    backoff: REDIAL_BACKOFF.0,
-                    last_error: None,
-                },
-            ))
+        .filter_map(|relay| match relay {
+            RelayAddr::Peer(addr) => Some((peer_of(addr)?, RelayState::new(addr.clone(), now))),
+            RelayAddr::Http(_) => None,
         })
         .collect();
     // Relays named in circuit addresses of BOOTSTRAP_PEERS are relays too.
@@ -372,8 +378,17 @@ pub fn start(
         known_relays,
         sync_interval: Duration::from_secs(config.sync_interval_secs),
         gossip_slots: Arc::new(tokio::sync::Semaphore::new(GOSSIP_MERGES_IN_FLIGHT)),
-        shutdown,
+        shutdown: shutdown.clone(),
     };
+    for relay in &config.relay_addrs {
+        if let RelayAddr::Http(url) = relay {
+            tokio::spawn(resolve_relay(
+                url.clone(),
+                commands_tx.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
     let task = tokio::spawn(event_loop.run());
     Ok((
         NetHandle {
@@ -381,6 +396,80 @@ pub fn start(
         },
         task,
     ))
+}
+
+/// What a relay's `GET /addrs` says (only what is used here).
+#[derive(serde::Deserialize)]
+struct RelayAddrs {
+    addrs: Vec<String>,
+}
+
+/// Reads a relay's id and addresses from its HTTP server (`<url>/addrs`), retrying with
+/// backoff until it answers (a relay may start after the node), then hands the address to the
+/// loop. The relay keeps its id across restarts, so once is enough.
+async fn resolve_relay(url: String, commands: mpsc::Sender<Command>, shutdown: CancellationToken) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let Ok(client) = client else {
+        tracing::error!(%url, "cannot make an HTTP client to ask the relay for its addresses");
+        return;
+    };
+    let mut backoff = REDIAL_BACKOFF.0;
+    loop {
+        let answer = async {
+            let response = client.get(format!("{url}/addrs")).send().await?;
+            response.error_for_status()?.json::<RelayAddrs>().await
+        };
+        match answer.await {
+            Ok(found) => match pick_relay_addr(&url, &found.addrs) {
+                Some(addr) => {
+                    let _ = commands.send(Command::AddRelay(addr)).await;
+                    return;
+                }
+                None => {
+                    tracing::warn!(%url, addrs = ?found.addrs, "the relay lists no TCP or QUIC address with its id")
+                }
+            },
+            Err(error) => tracing::info!(%url, %error, "relay not answering yet; asking again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(REDIAL_BACKOFF.1);
+    }
+}
+
+/// The relay address to use from its /addrs: TCP (or else QUIC) with its id, preferring the
+/// host the URL names (the address this node can reach it at).
+fn pick_relay_addr(url: &str, addrs: &[String]) -> Option<Multiaddr> {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
+    let candidates: Vec<Multiaddr> = addrs
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter(|a| peer_of(a).is_some() && !is_relayed(a))
+        .filter(|a| {
+            !a.iter()
+                .any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
+        })
+        .collect();
+    let on_host = |a: &Multiaddr| {
+        a.iter().next().is_some_and(|p| match p {
+            Protocol::Ip4(ip) => ip.to_string() == host,
+            Protocol::Ip6(ip) => ip.to_string() == host.trim_matches(['[', ']']),
+            Protocol::Dns(h) | Protocol::Dns4(h) | Protocol::Dns6(h) => h == host,
+            _ => false,
+        })
+    };
+    let tcp = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::Tcp(_)));
+    let rank = |a: &Multiaddr| (!on_host(a), !tcp(a));
+    candidates.into_iter().min_by_key(rank)
 }
 
 fn deployment_tag(service: &str) -> String {
@@ -502,6 +591,16 @@ impl EventLoop {
 
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::AddRelay(addr) => {
+                if let Some(peer) = peer_of(&addr) {
+                    tracing::info!(relay = %peer, %addr, "relay found through its /addrs");
+                    self.known_relays.insert(peer);
+                    self.relays
+                        .entry(peer)
+                        .or_insert_with(|| RelayState::new(addr, Instant::now()));
+                    self.reserve_on_relays(Instant::now());
+                }
+            }
             Command::Gossip(changes) => {
                 self.gossip_transactions(&changes);
             }
@@ -1128,6 +1227,31 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_relay_address_from_addrs_is_tcp_on_the_host_of_the_url() {
+        let id = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+        let addrs: Vec<String> = [
+            format!("/ip4/10.0.0.9/tcp/4001/p2p/{id}"),
+            format!("/ip4/172.20.0.10/tcp/4002/ws/p2p/{id}"),
+            format!("/ip4/172.20.0.10/udp/4001/quic-v1/p2p/{id}"),
+            format!("/ip4/172.20.0.10/tcp/4001/p2p/{id}"),
+        ]
+        .into();
+        let picked = pick_relay_addr("http://172.20.0.10:4000", &addrs).expect("an address");
+        assert_eq!(
+            picked.to_string(),
+            format!("/ip4/172.20.0.10/tcp/4001/p2p/{id}")
+        );
+        // Another host name: any TCP address with the id.
+        let picked = pick_relay_addr("http://relay:4000", &addrs).expect("an address");
+        assert!(picked.to_string().contains("/tcp/4001/p2p/"), "{picked}");
+        assert_eq!(pick_relay_addr("http://relay:4000", &[]), None);
+        assert_eq!(
+            pick_relay_addr("http://relay:4000", &["/ip4/1.2.3.4/tcp/1".into()]),
+            None
+        );
+    }
 
     #[test]
     fn agent_strings_name_site_node_and_public_url() {
