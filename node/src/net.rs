@@ -26,7 +26,6 @@
 //! Database work runs on the blocking pool; results come back to the loop as `Done` messages,
 //! so the swarm is never stalled by SQLite.
 
-pub mod identity;
 pub mod protocol;
 pub mod validate;
 
@@ -244,7 +243,7 @@ pub fn start(
     local_writes: watch::Receiver<u64>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(NetHandle, tokio::task::JoinHandle<()>)> {
-    let key = identity::load_or_create(&config.data_dir)?;
+    let key = p2p_identity::load_or_create(&config.data_dir)?;
     let site = SiteId(store.site_id());
     let service = config.mdns_service_name.clone();
     let protocol_version = deployment_tag(&service);

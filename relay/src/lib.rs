@@ -8,7 +8,6 @@
 
 pub mod config;
 pub mod http;
-pub mod identity;
 pub mod net;
 
 use std::future::Future;
@@ -27,7 +26,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let key = identity::load_or_create(&config.data_dir)?;
+    let key = p2p_identity::load_or_create(&config.data_dir)?;
     let peer_id = key.public().to_peer_id();
     let stop_net = CancellationToken::new();
     let (net, net_task) = net::start(&config, key, stop_net.clone())
