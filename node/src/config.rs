@@ -170,6 +170,14 @@ pub enum RelayAddr {
     Http(String),
 }
 
+impl std::str::FromStr for RelayAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_relay_addr(s)
+    }
+}
+
 fn parse_relay_addr(s: &str) -> Result<RelayAddr, String> {
     if s.trim().starts_with("http://") || s.trim().starts_with("https://") {
         return parse_public_url(s).map(RelayAddr::Http);
