@@ -29,7 +29,7 @@ step "the relay binary (node/tests/relay.rs runs it next to the node's)"
 cargo build --locked -p todo-relay
 
 step "unit and integration tests"
-cargo test --workspace --locked
+NETNS_TESTS=require cargo test --workspace --locked
 
 if [ -f ../shared/tools/test_crsqlite_oracle.py ]; then
   step "the cr-sqlite oracle agrees with the extension we built"

@@ -16,325 +16,73 @@
 //!
 //! The relay binary comes from `cargo build -p todo-relay` (ci/test.sh builds it) in the same
 //! target folder as this test. The test makes and removes its namespaces and processes itself,
-//! also when it fails; its traffic stays inside them. It needs root and `ip netns`, and says
-//! so and skips without them.
+//! also when it fails; its traffic stays inside them. The namespace tests need root and
+//! `ip netns`, and say so and skip without them (see common/netlab.rs).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::netlab::{
+    Lab, add, can_run, curl, eventually, get_json, node_bin, node_json, peer_entry, relay_bin,
+    titles,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Starts the relay in `ns`, with the ports of the compose file; returns its index in `lab`.
+fn start_relay(lab: &mut Lab, ns: &str, data: &Path) -> usize {
+    let env = [
+        ("DATA_DIR", data.display().to_string()),
+        ("HOST", "0.0.0.0".into()),
+        ("HTTP_PORT", "4000".into()),
+        (
+            "P2P_LISTEN",
+            "/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+        ),
+        ("LOG", "todo_relay=info,warn".into()),
+    ];
+    lab.spawn(ns, &relay_bin(), "relay", &env)
 }
 
-/// Says on stderr (past the test harness's capture, so it shows in every run) that a test
-/// is skipped and why.
-fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn missing_prerequisite() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("it must run as root (network namespaces)");
+/// Starts a node in `ns` with mDNS off, reserving on `relay` and dialling `bootstrap` (if
+/// not empty); returns its index in `lab`.
+fn start_node(
+    lab: &mut Lab,
+    ns: &str,
+    name: &str,
+    data: &Path,
+    relay: &str,
+    bootstrap: &str,
+) -> usize {
+    let mut env = vec![
+        ("DATA_DIR", data.display().to_string()),
+        ("HOST", "0.0.0.0".into()),
+        ("PORT", "3000".into()),
+        ("NODE_NAME", name.into()),
+        ("ENABLE_MDNS", "false".into()),
+        ("MDNS_SERVICE_NAME", "relay-test".into()),
+        (
+            "P2P_LISTEN",
+            "/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+        ),
+        ("RELAY_ADDRS", relay.into()),
+        ("SYNC_INTERVAL_SECS", "1".into()),
+        ("LOG", "todo_node=info,warn".into()),
+    ];
+    if !bootstrap.is_empty() {
+        env.push(("BOOTSTRAP_PEERS", bootstrap.into()));
     }
-    let probe = Command::new("ip").args(["netns", "list"]).output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        return Some("`ip netns` (iproute2) is not available");
-    }
-    let curl = Command::new("curl").arg("--version").output();
-    if !curl.is_ok_and(|o| o.status.success()) {
-        return Some("curl is not installed");
-    }
-    None
-}
-
-/// The relay binary, built by `cargo build -p todo-relay` next to this package's binary.
-fn relay_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_todo-node")).with_file_name("todo-relay");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the relay first with `cargo build -p todo-relay` (ci/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
-/// A process in a namespace, with its output in a log file.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-/// Namespaces, links and processes of one test run; Drop removes them all.
-struct Lab {
-    prefix: String,
-    namespaces: Vec<String>,
-    procs: Vec<Proc>,
-    logs: tempfile::TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-        if std::thread::panicking() {
-            for p in &self.procs {
-                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- last lines of {} ---", p.log.display());
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-impl Lab {
-    fn new(tag: &str) -> Self {
-        Self {
-            prefix: format!("{tag}{}", std::process::id() % 100_000),
-            namespaces: Vec::new(),
-            procs: Vec::new(),
-            logs: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn ns(&mut self, name: &str) -> String {
-        let ns = format!("{}-{name}", self.prefix);
-        // Leftovers of an earlier run that was killed before it could clean up.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// A veth pair between namespaces `a` and `b`, with the given addresses (`x.x.x.x/nn`).
-    fn link(&self, (a, a_addr): (&str, &str), (b, b_addr): (&str, &str), name: &str) {
-        let (ia, ib) = (
-            format!("{}{name}a", self.prefix),
-            format!("{}{name}b", self.prefix),
-        );
-        ip(&["link", "add", &ia, "type", "veth", "peer", "name", &ib]);
-        ip(&["link", "set", &ia, "netns", a]);
-        ip(&["link", "set", &ib, "netns", b]);
-        for (ns, dev, addr) in [(a, &ia, a_addr), (b, &ib, b_addr)] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-    }
-
-    /// A namespace holding a bridge; hosts are attached with `attach`.
-    fn switch(&mut self) -> String {
-        let sw = self.ns("sw");
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        sw
-    }
-
-    fn attach(&self, switch: &str, host: &str, addr: &str, name: &str) {
-        let (inside, outside) = (
-            format!("{}{name}i", self.prefix),
-            format!("{}{name}o", self.prefix),
-        );
-        ip(&[
-            "link", "add", &inside, "type", "veth", "peer", "name", &outside,
-        ]);
-        ip(&["link", "set", &inside, "netns", host]);
-        ip(&["link", "set", &outside, "netns", switch]);
-        ip(&["-n", switch, "link", "set", &outside, "master", "br0"]);
-        ip(&["-n", switch, "link", "set", &outside, "up"]);
-        ip(&["-n", host, "addr", "add", addr, "dev", &inside]);
-        ip(&["-n", host, "link", "set", &inside, "up"]);
-    }
-
-    /// Starts `bin` in namespace `ns` with `env`; returns its index in `procs`.
-    fn spawn(&mut self, ns: &str, bin: &Path, name: &str, env: &[(&str, String)]) -> usize {
-        let log = self.logs.path().join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns])
-            .arg(bin)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::from(file.try_clone().expect("log")))
-            .stderr(Stdio::from(file));
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().expect("start a process in its namespace");
-        self.procs.push(Proc { child, log });
-        self.procs.len() - 1
-    }
-
-    fn relay(&mut self, ns: &str, data: &Path) -> usize {
-        self.spawn(
-            ns,
-            &relay_bin(),
-            "relay",
-            &[
-                ("DATA_DIR", data.display().to_string()),
-                ("HOST", "0.0.0.0".into()),
-                ("HTTP_PORT", "4000".into()),
-                (
-                    "P2P_LISTEN",
-                    "/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1".into(),
-                ),
-                ("LOG", "todo_relay=info,warn".into()),
-            ],
-        )
-    }
-
-    fn node(&mut self, ns: &str, name: &str, data: &Path, relay: &str, bootstrap: &str) -> usize {
-        let mut env = vec![
-            ("DATA_DIR", data.display().to_string()),
-            ("HOST", "0.0.0.0".into()),
-            ("PORT", "3000".into()),
-            ("NODE_NAME", name.into()),
-            ("ENABLE_MDNS", "false".into()),
-            ("MDNS_SERVICE_NAME", "relay-test".into()),
-            (
-                "P2P_LISTEN",
-                "/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1".into(),
-            ),
-            ("RELAY_ADDRS", relay.into()),
-            ("SYNC_INTERVAL_SECS", "1".into()),
-            ("LOG", "todo_node=info,warn".into()),
-        ];
-        if !bootstrap.is_empty() {
-            env.push(("BOOTSTRAP_PEERS", bootstrap.into()));
-        }
-        self.spawn(ns, Path::new(env!("CARGO_BIN_EXE_todo-node")), name, &env)
-    }
-
-    /// SIGTERM, and a clean exit within 10 s.
-    fn stop(&mut self, index: usize) {
-        let child = &mut self.procs[index].child;
-        let pid = libc::pid_t::try_from(child.id()).expect("pid");
-        // SAFETY: signalling a child process of ours by its pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(status.success(), "exited with {status} after SIGTERM");
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no exit 10 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self, index: usize) -> String {
-        std::fs::read_to_string(&self.procs[index].log).unwrap_or_default()
-    }
-}
-
-/// HTTP from inside a namespace (the test's traffic stays inside the lab).
-fn curl(ns: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "5"])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn get_json(ns: &str, url: &str) -> Option<Value> {
-    serde_json::from_str(&curl(ns, &[url])?).ok()
-}
-
-fn node_json(ns: &str, path: &str) -> Option<Value> {
-    get_json(ns, &format!("http://127.0.0.1:3000{path}"))
-}
-
-/// Adds a todo through the form, as a browser without JavaScript would.
-fn add(ns: &str, title: &str) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "5"])
-        .args(["-o", "/dev/null", "-w", "%{http_code}"])
-        .args(["--data-urlencode", &format!("title={title}")])
-        .args(["-d", "return_to=/", "http://127.0.0.1:3000/todos"])
-        .output()
-        .expect("curl");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "303",
-        "adding {title:?} on {ns}"
-    );
-}
-
-fn titles(ns: &str) -> Vec<String> {
-    let mut t: Vec<String> = node_json(ns, "/api/todos")
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t["title"].as_str().map(str::to_owned))
-        .collect();
-    t.sort();
-    t
-}
-
-fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            println!("  ok: {what} ({:.1} s)", started.elapsed().as_secs_f64());
-            return v;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lab.spawn(ns, node_bin(), name, &env)
 }
 
 fn peer_id(ns: &str, url: &str) -> String {
     eventually(&format!("{url} answers in {ns}"), WAIT, || {
         get_json(ns, url)?["peer_id"].as_str().map(str::to_owned)
     })
-}
-
-/// The node's view of `peer` in /api/peers, once it lists it.
-fn peer_entry(ns: &str, peer: &str) -> Option<Value> {
-    node_json(ns, "/api/peers")?["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["peer_id"] == peer)
-        .cloned()
 }
 
 fn reservation(ns: &str) -> Option<String> {
@@ -345,11 +93,7 @@ fn reservation(ns: &str) -> Option<String> {
 
 #[test]
 fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
-    if let Some(why) = missing_prerequisite() {
-        skip(
-            "nodes_without_a_route_to_each_other_replicate_through_the_relay",
-            why,
-        );
+    if !can_run("nodes_without_a_route_to_each_other_replicate_through_the_relay") {
         return;
     }
     let data = tempfile::tempdir().expect("tempdir");
@@ -370,7 +114,7 @@ fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
     );
     println!("step: relay {r} between {a} (10.232.1.2) and {b} (10.232.2.2), no route a <-> b");
 
-    let relay = lab.relay(&r, &data.path().join("relay"));
+    let relay = start_relay(&mut lab, &r, &data.path().join("relay"));
     let relay_id = peer_id(&r, "http://127.0.0.1:4000/health");
     let addrs = get_json(&r, "http://127.0.0.1:4000/addrs").expect("/addrs");
     let relay_for_a = format!("/ip4/10.232.1.1/tcp/4001/p2p/{relay_id}");
@@ -384,13 +128,20 @@ fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
         );
     }
 
-    lab.node(&a, "a", &data.path().join("a"), &relay_for_a, "");
+    start_node(&mut lab, &a, "a", &data.path().join("a"), &relay_for_a, "");
     let a_id = peer_id(&a, "http://127.0.0.1:3000/health");
     eventually("a holds a reservation on the relay", WAIT, || {
         (reservation(&a)? == "active").then_some(())
     });
     let a_via_relay = format!("{relay_for_b}/p2p-circuit/p2p/{a_id}");
-    lab.node(&b, "b", &data.path().join("b"), &relay_for_b, &a_via_relay);
+    start_node(
+        &mut lab,
+        &b,
+        "b",
+        &data.path().join("b"),
+        &relay_for_b,
+        &a_via_relay,
+    );
     let b_id = peer_id(&b, "http://127.0.0.1:3000/health");
     assert!(
         curl(&a, &["http://10.232.2.2:3000/health"]).is_none(),
@@ -424,7 +175,7 @@ fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
         (reservation(&a)? != "active").then_some(())
     });
     add(&a, "written while the relay was down");
-    let relay = lab.relay(&r, &data.path().join("relay"));
+    let relay = start_relay(&mut lab, &r, &data.path().join("relay"));
     assert_eq!(
         peer_id(&r, "http://127.0.0.1:4000/health"),
         relay_id,
@@ -450,11 +201,7 @@ fn nodes_without_a_route_to_each_other_replicate_through_the_relay() {
 
 #[test]
 fn dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists() {
-    if let Some(why) = missing_prerequisite() {
-        skip(
-            "dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists",
-            why,
-        );
+    if !can_run("dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists") {
         return;
     }
     let data = tempfile::tempdir().expect("tempdir");
@@ -468,15 +215,16 @@ fn dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists() {
     lab.attach(&sw, &b, "10.233.0.3/24", "b");
     println!("step: relay, a and b on one bridge; mDNS off; b knows only a's circuit address");
 
-    lab.relay(&r, &data.path().join("relay"));
+    start_relay(&mut lab, &r, &data.path().join("relay"));
     let relay_id = peer_id(&r, "http://127.0.0.1:4000/health");
     let relay_addr = format!("/ip4/10.233.0.1/tcp/4001/p2p/{relay_id}");
-    let na = lab.node(&a, "a", &data.path().join("a"), &relay_addr, "");
+    let na = start_node(&mut lab, &a, "a", &data.path().join("a"), &relay_addr, "");
     let a_id = peer_id(&a, "http://127.0.0.1:3000/health");
     eventually("a holds a reservation on the relay", WAIT, || {
         (reservation(&a)? == "active").then_some(())
     });
-    let nb = lab.node(
+    let nb = start_node(
+        &mut lab,
         &b,
         "b",
         &data.path().join("b"),
