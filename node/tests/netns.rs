@@ -10,32 +10,29 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::netlab::{Lab, add, can_run, eventually, node_bin, node_json, titles};
+use common::netlab::{
+    Lab, add, can_run, eventually, node_bin, node_env, node_json, peer_entry, titles,
+};
 
 const SUBNET: &str = "10.231.0";
 
 /// Starts a node in `ns` that finds its peers by mDNS alone, in deployment `service`.
 fn start_node(lab: &mut Lab, ns: &str, name: &str, service: &str, data_dir: &Path) {
-    let env = [
-        ("HOST", "0.0.0.0".to_owned()),
-        ("PORT", "3000".into()),
-        ("DATA_DIR", data_dir.display().to_string()),
-        ("NODE_NAME", name.into()),
-        ("ENABLE_MDNS", "true".into()),
+    let mut env = node_env(name, data_dir);
+    env.extend([
+        ("ENABLE_MDNS", "true".to_owned()),
         ("MDNS_SERVICE_NAME", service.into()),
         ("P2P_LISTEN", "/ip4/0.0.0.0/tcp/4001".into()),
-        ("SYNC_INTERVAL_SECS", "1".into()),
-        ("LOG", "todo_node=info,warn".into()),
-    ];
+    ]);
     lab.spawn(ns, node_bin(), name, &env);
 }
 
-fn lists_peer(ns: &str, peer: &serde_json::Value) -> bool {
-    node_json(ns, "/api/peers").is_some_and(|p| {
-        p["peers"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|x| x["peer_id"] == *peer))
-    })
+/// A node's peer id, from its /health.
+fn peer_id(ns: &str) -> String {
+    node_json(ns, "/health").expect("health")["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned()
 }
 
 #[test]
@@ -66,10 +63,8 @@ fn nodes_on_separate_hosts_find_each_other_by_mdns_and_converge_after_a_partitio
     });
 
     println!("step: discovery by mDNS alone (no bootstrap addresses)");
-    let b_id = node_json(&b, "/health").expect("health")["peer_id"].clone();
-    eventually("a lists b as a peer", wait, || {
-        lists_peer(&a, &b_id).then_some(())
-    });
+    let b_id = peer_id(&b);
+    eventually("a lists b as a peer", wait, || peer_entry(&a, &b_id));
 
     println!("step: replication");
     add(&a, "written on a");
@@ -110,10 +105,10 @@ fn nodes_on_separate_hosts_find_each_other_by_mdns_and_converge_after_a_partitio
         titles(&c).is_empty(),
         "c received another deployment's todos"
     );
-    let c_id = node_json(&c, "/health").expect("health")["peer_id"].clone();
+    let c_id = peer_id(&c);
     for ns in [&a, &b] {
         assert!(
-            !lists_peer(ns, &c_id),
+            peer_entry(ns, &c_id).is_none(),
             "{ns} lists the other deployment's node as a peer"
         );
     }

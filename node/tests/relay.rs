@@ -26,8 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::netlab::{
-    Lab, add, can_run, curl, eventually, get_json, node_bin, node_json, peer_entry, relay_bin,
-    titles,
+    Lab, add, can_run, curl, eventually, get_json, node_bin, node_env, node_json, peer_entry,
+    relay_bin, titles,
 };
 use serde_json::Value;
 
@@ -58,21 +58,16 @@ fn start_node(
     relay: &str,
     bootstrap: &str,
 ) -> usize {
-    let mut env = vec![
-        ("DATA_DIR", data.display().to_string()),
-        ("HOST", "0.0.0.0".into()),
-        ("PORT", "3000".into()),
-        ("NODE_NAME", name.into()),
-        ("ENABLE_MDNS", "false".into()),
+    let mut env = node_env(name, data);
+    env.extend([
+        ("ENABLE_MDNS", "false".to_owned()),
         ("MDNS_SERVICE_NAME", "relay-test".into()),
         (
             "P2P_LISTEN",
             "/ip4/0.0.0.0/tcp/4001,/ip4/0.0.0.0/udp/4001/quic-v1".into(),
         ),
         ("RELAY_ADDRS", relay.into()),
-        ("SYNC_INTERVAL_SECS", "1".into()),
-        ("LOG", "todo_node=info,warn".into()),
-    ];
+    ]);
     if !bootstrap.is_empty() {
         env.push(("BOOTSTRAP_PEERS", bootstrap.into()));
     }

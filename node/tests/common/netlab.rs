@@ -32,6 +32,19 @@ pub fn relay_bin() -> PathBuf {
     bin
 }
 
+/// The settings every node in a lab shares: HTTP on port 3000 of all its addresses, quick
+/// anti-entropy rounds, its own data dir. Tests add their discovery settings.
+pub fn node_env(name: &str, data_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("HOST", "0.0.0.0".into()),
+        ("PORT", "3000".into()),
+        ("NODE_NAME", name.into()),
+        ("SYNC_INTERVAL_SECS", "1".into()),
+        ("LOG", "todo_node=info,warn".into()),
+    ]
+}
+
 /// Runs `ip` and fails the test, with ip's message, if it fails.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
