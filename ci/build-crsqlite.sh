@@ -16,6 +16,8 @@ TARBALL_SHA256=e16e462763ebe38c30a466e53b979dc2464de1e2ebc0e2255c04266ca232a012
 NIGHTLY=nightly-2023-10-05
 
 CRSQLITE_DIR=${CRSQLITE_DIR:-$HOME/.cache/todo-hybrid/crsqlite-$VERSION}
+# Cargo's registry cache for this build alone (see the build step for why it is not the caller's).
+CRSQLITE_CARGO_HOME=${CRSQLITE_CARGO_HOME:-$(dirname "$CRSQLITE_DIR")/crsqlite-cargo-home}
 log() { printf '[crsqlite] %s\n' "$*" >&2; }
 
 if [[ -f $CRSQLITE_DIR/crsqlite.so && -f $CRSQLITE_DIR/crsqlite.so.sha256 ]] &&
@@ -45,8 +47,23 @@ echo "$TARBALL_SHA256  $tarball" | sha256sum --quiet -c - ||
 tar xzf "$tarball" -C "$work"
 
 log "building the loadable extension (make loadable, ~35 s on 2 cores)"
+# make runs in a scrubbed environment, whatever the caller exported: make turns every variable
+# into a make variable (cr-sqlite's Makefile reads prefix, bundle, CI_MAYBE_TARGET, CI_GCC, ...),
+# and cargo obeys CARGO_TARGET_DIR, CARGO_BUILD_*, RUSTFLAGS, RUSTC_WRAPPER and the config.toml of
+# any CARGO_HOME, any of which moves or changes what the Makefile then copies
+# (./rs/bundle_static/target/release/). ci/env.sh exports CARGO_TARGET_DIR, which once broke
+# every fresh machine this way. Kept: PATH (cargo, gcc), HOME and RUSTUP_HOME (rustup's
+# toolchains), the CA certificates (cargo fetches crates). Cargo gets a home of its own under
+# the cache, so no config.toml of the caller's applies, and the target dir is named outright.
 # The package's rust-toolchain files are not shipped in the tarball: pin the toolchain here.
-(cd "$work/package" && RUSTUP_TOOLCHAIN=$NIGHTLY make loadable >"$work/build.log" 2>&1) ||
+build_env=(PATH="$PATH" HOME="$HOME" RUSTUP_TOOLCHAIN="$NIGHTLY"
+  CARGO_HOME="$CRSQLITE_CARGO_HOME"
+  CARGO_TARGET_DIR="$work/package/rs/bundle_static/target")
+for keep in RUSTUP_HOME SSL_CERT_FILE SSL_CERT_DIR CARGO_HTTP_CAINFO http_proxy https_proxy HTTP_PROXY HTTPS_PROXY no_proxy NO_PROXY; do
+  [ -n "${!keep:-}" ] && build_env+=("$keep=${!keep}")
+done
+mkdir -p "$CRSQLITE_CARGO_HOME"
+(cd "$work/package" && env -i "${build_env[@]}" make loadable >"$work/build.log" 2>&1) ||
   { tail -40 "$work/build.log" >&2; log "ERROR: make loadable failed (log above)"; exit 1; }
 
 mkdir -p "$CRSQLITE_DIR"
