@@ -8,23 +8,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ci/env.sh
 
-BINARYEN_VERSION=132.0.0
 bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 [ -n "$bindgen_version" ] || { echo "wasm-bindgen is not in Cargo.lock" >&2; exit 1; }
 bindgen_dir=$TODO_CACHE/wasm-bindgen-$bindgen_version
 binaryen_dir=$TODO_CACHE/binaryen-$BINARYEN_VERSION
 
-rustup target add wasm32-unknown-unknown >/dev/null 2>&1
-if [ ! -x "$bindgen_dir/bin/wasm-bindgen" ]; then
-  echo "installing wasm-bindgen-cli $bindgen_version into $bindgen_dir (about 3 minutes, once)"
-  cargo install --quiet --locked wasm-bindgen-cli --version "$bindgen_version" --root "$bindgen_dir"
-fi
-if [ ! -x "$binaryen_dir/node_modules/.bin/wasm-opt" ]; then
+install_binaryen() {
+  [ -x "$binaryen_dir/node_modules/.bin/wasm-opt" ] && return 0
   command -v npm >/dev/null || apt_install npm
   echo "installing binaryen $BINARYEN_VERSION (npm) into $binaryen_dir"
   mkdir -p "$binaryen_dir"
   npm install --silent --no-audit --no-fund --prefix "$binaryen_dir" "binaryen@$BINARYEN_VERSION" >/dev/null
+}
+
+install_bindgen() {
+  [ -x "$bindgen_dir/bin/wasm-bindgen" ] && return 0
+  echo "installing wasm-bindgen-cli $bindgen_version into $bindgen_dir (about 3 minutes, once)"
+  # In a target dir of its own (cargo install's default), not the project's.
+  env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET_DIR \
+    cargo install --quiet --locked wasm-bindgen-cli --version "$bindgen_version" --root "$bindgen_dir"
+}
+
+# ci/check-setup.sh exercises this install step alone, into an empty cache.
+if [ "${1:-}" = --install-binaryen-only ]; then
+  install_binaryen
+  exit 0
 fi
+
+rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+install_bindgen
+install_binaryen
 
 cargo build --quiet --locked -p wasm-peer --target wasm32-unknown-unknown --profile wasm-release
 input=$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/wasm_peer.wasm

@@ -20,3 +20,5 @@ apt_install() {
 # The browser peer's bundle (wasm-bindgen output, wasm-opt'd), built by ci/build-wasm.sh and
 # embedded into the node by node/build.rs.
 export WASM_BUNDLE_DIR=${WASM_BUNDLE_DIR:-$TODO_CACHE/wasm-bundle}
+# wasm-opt comes from npm's binaryen (Debian's is too old and emits broken modules).
+export BINARYEN_VERSION=132.0.0

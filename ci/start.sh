@@ -13,9 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ci/env.sh
 
+# Each long step says what it does and how long it takes the first time (2 cores); once built,
+# all four take a few seconds.
+step "1/4 Debian packages (libclang-dev, curl; a minute if missing)"
 apt_install libclang-dev curl
+step "2/4 cr-sqlite 0.16.3 (built once from the npm package: about 35 s, after installing its pinned nightly toolchain: about 1 min)"
 ci/build-crsqlite.sh >/dev/null
-ci/build-wasm.sh >/dev/null
+step "3/4 the browser peer (first run: wasm-bindgen-cli about 3 min, binaryen seconds, the wasm build about 2 min)"
+ci/build-wasm.sh
+step "4/4 todo-node and todo-relay, release build (first run: about 10 min; after a change: about 1 min)"
 cargo build --release --locked -p todo-node -p todo-relay
 
 relay_pid=""
@@ -53,9 +59,23 @@ if [ -z "${RELAY_ADDRS:-}" ]; then
   echo "relay $relay_id: addresses at http://127.0.0.1:$relay_http/addrs"
 fi
 
-echo "starting todo-node: open http://${HOST:-127.0.0.1}:${PORT:-3000}/  (Ctrl-C stops it)"
+step "starting todo-node"
 "$CARGO_TARGET_DIR/release/todo-node" "$@" &
 node_pid=$!
+node_url="http://${HOST:-127.0.0.1}:${PORT:-3000}"
+[ "${HOST:-}" = 0.0.0.0 ] && node_url="http://127.0.0.1:${PORT:-3000}"
+for _ in $(seq 100); do
+  kill -0 "$node_pid" 2>/dev/null || break
+  curl -sf "$node_url/health" >/dev/null && {
+    printf '\nThe app is up (%d s since this script started):\n' "$SECONDS"
+    printf '  open      %s/\n' "$node_url"
+    printf '  node      %s/health   %s/api/peers\n' "$node_url" "$node_url"
+    [ -n "$relay_pid" ] && printf '  relay     http://127.0.0.1:%s/health   http://127.0.0.1:%s/addrs\n' "$relay_http" "$relay_http"
+    printf '  data      %s   (Ctrl-C stops everything)\n\n' "${DATA_DIR:-./data}"
+    break
+  }
+  sleep 0.1
+done
 set +e
 wait "$node_pid"
 status=$?

@@ -1,77 +1,127 @@
-//! Embeds the cr-sqlite loadable extension into the node binary, so one file is all a deployment
-//! needs. The extension is built by ci/build-crsqlite.sh (npm package, pinned version) into
-//! ~/.cache/todo-hybrid/crsqlite-<version>/ with a .sha256 beside it; CRSQLITE_DIR overrides.
-//! A missing, stale or half-written build stops the Rust build here with the command to fix it.
-use std::path::PathBuf;
+//! Embeds the cr-sqlite loadable extension and the browser peer's bundle into the node binary,
+//! so one file is all a deployment needs. Both are built outside the clone, under `TODO_CACHE`
+//! (~/.cache/todo-hybrid by default): ci/build-crsqlite.sh builds the extension from the npm
+//! package into crsqlite-<version>/ with a .sha256 beside it (CRSQLITE_DIR overrides), and
+//! ci/build-wasm.sh the bundle into wasm-bundle/ (WASM_BUNDLE_DIR overrides).
+//!
+//! Either one missing, stale or half-written does not stop the build: `cargo check`, clippy and
+//! an editor's rust-analyzer must work on a fresh clone. Cargo prints a warning naming the
+//! script to run, the crate is compiled with `cfg(crsqlite_missing)` / `cfg(wasm_bundle_missing)`,
+//! and a node built that way refuses to start with the same message
+//! (`todo_node::BUILD_PROBLEMS`).
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 const CRSQLITE_VERSION: &str = "0.16.3";
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=CRSQLITE_DIR");
-    let dir = std::env::var_os("CRSQLITE_DIR")
+    println!("cargo::rustc-check-cfg=cfg(crsqlite_missing)");
+    println!("cargo::rustc-check-cfg=cfg(wasm_bundle_missing)");
+    let cache = home_cache();
+    crsqlite(&cache);
+    wasm_bundle(&cache);
+}
+
+/// Where ci/env.sh keeps what it builds: `TODO_CACHE`, by default ~/.cache/todo-hybrid.
+fn home_cache() -> PathBuf {
+    println!("cargo::rerun-if-env-changed=TODO_CACHE");
+    std::env::var_os("TODO_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
+            std::env::var_os("HOME")
                 .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/todo-hybrid")
-                .join(format!("crsqlite-{CRSQLITE_VERSION}"))
-        });
+                .unwrap_or_default()
+                .join(".cache/todo-hybrid")
+        })
+}
+
+/// Tells cargo (a warning) and the crate (an env var it reports at start) what is missing.
+fn missing(cfg: &str, env: &str, problem: &str) {
+    println!("cargo::warning={problem}; a node built now refuses to start");
+    println!("cargo::rustc-cfg={cfg}");
+    println!("cargo::rustc-env={env}={problem}");
+}
+
+fn crsqlite(cache: &Path) {
+    println!("cargo::rerun-if-env-changed=CRSQLITE_DIR");
+    println!("cargo::rustc-env=CRSQLITE_VERSION={CRSQLITE_VERSION}");
+    let dir = std::env::var_os("CRSQLITE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join(format!("crsqlite-{CRSQLITE_VERSION}")));
     let so = dir.join("crsqlite.so");
     let sum_file = dir.join("crsqlite.so.sha256");
-    println!("cargo:rerun-if-changed={}", so.display());
-    println!("cargo:rerun-if-changed={}", sum_file.display());
+    println!("cargo::rerun-if-changed={}", so.display());
+    println!("cargo::rerun-if-changed={}", sum_file.display());
+    match checked_extension(&so, &sum_file) {
+        Ok(sha256) => {
+            println!("cargo::rustc-env=CRSQLITE_SO_PATH={}", so.display());
+            println!("cargo::rustc-env=CRSQLITE_SO_SHA256={sha256}");
+        }
+        Err(problem) => missing(
+            "crsqlite_missing",
+            "CRSQLITE_BUILD_PROBLEM",
+            &format!(
+                "{problem}: run ci/build-crsqlite.sh (it builds cr-sqlite {CRSQLITE_VERSION} \
+                 from the npm package into {}), then build again",
+                dir.display()
+            ),
+        ),
+    }
+}
 
-    let fix = "run ci/build-crsqlite.sh (it builds cr-sqlite from the npm package) and build again";
-    let bytes = std::fs::read(&so).unwrap_or_else(|e| {
-        panic!(
-            "cr-sqlite extension not found at {}: {e}; {fix}",
-            so.display()
-        )
-    });
-    let recorded = std::fs::read_to_string(&sum_file)
-        .unwrap_or_else(|e| panic!("checksum file {} missing: {e}; {fix}", sum_file.display()));
+/// The extension's sha256 if the file is there and matches the checksum its build recorded.
+fn checked_extension(so: &Path, sum_file: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(so)
+        .map_err(|e| format!("cr-sqlite extension not found at {}: {e}", so.display()))?;
+    let recorded = std::fs::read_to_string(sum_file)
+        .map_err(|e| format!("checksum file {} missing: {e}", sum_file.display()))?;
     let expected = recorded.split_whitespace().next().unwrap_or_default();
     let actual = hex::encode(Sha256::digest(&bytes));
-    if expected != actual {
-        panic!(
-            "{} does not match its recorded sha256 ({expected}, found {actual}): \
-             the build is stale or was interrupted; delete {} and {fix}",
-            so.display(),
-            dir.display()
-        );
+    if expected == actual {
+        Ok(actual)
+    } else {
+        Err(format!(
+            "{} does not match its recorded sha256 ({expected}, found {actual}): the build is \
+             stale or was interrupted; delete its folder",
+            so.display()
+        ))
     }
-    println!("cargo:rustc-env=CRSQLITE_SO_PATH={}", so.display());
-    println!("cargo:rustc-env=CRSQLITE_SO_SHA256={actual}");
-    println!("cargo:rustc-env=CRSQLITE_VERSION={CRSQLITE_VERSION}");
-    wasm_bundle(&home_cache());
 }
 
-fn home_cache() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_default()
-        .join(".cache/todo-hybrid")
-}
-
-/// The browser peer's bundle, built by ci/build-wasm.sh; WASM_BUNDLE_DIR overrides where.
-fn wasm_bundle(cache: &std::path::Path) {
-    println!("cargo:rerun-if-env-changed=WASM_BUNDLE_DIR");
+/// The browser peer's bundle, which node/src/http/assets.rs embeds from `WASM_BUNDLE_DIR`.
+fn wasm_bundle(cache: &Path) {
+    println!("cargo::rerun-if-env-changed=WASM_BUNDLE_DIR");
     let dir = std::env::var_os("WASM_BUNDLE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache.join("wasm-bundle"));
+    let mut absent = Vec::new();
     for file in ["wasm_peer.js", "wasm_peer_bg.wasm"] {
         let path = dir.join(file);
-        println!("cargo:rerun-if-changed={}", path.display());
+        println!("cargo::rerun-if-changed={}", path.display());
         if !path.is_file() {
-            panic!(
-                "the browser peer's bundle is missing ({} not found): run ci/build-wasm.sh \
-                 (it builds wasm-peer/ for the browser) and build again",
-                path.display()
-            );
+            absent.push(path.display().to_string());
         }
     }
-    println!("cargo:rustc-env=WASM_BUNDLE_DIR={}", dir.display());
+    if absent.is_empty() {
+        println!("cargo::rustc-env=WASM_BUNDLE_DIR={}", dir.display());
+        return;
+    }
+    // rust-embed needs a folder that exists: an empty one in OUT_DIR stands in.
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    let stand_in = out_dir.join("no-wasm-bundle");
+    if let Err(e) = std::fs::create_dir_all(&stand_in) {
+        println!("cargo::warning=cannot create {}: {e}", stand_in.display());
+    }
+    println!("cargo::rustc-env=WASM_BUNDLE_DIR={}", stand_in.display());
+    missing(
+        "wasm_bundle_missing",
+        "WASM_BUNDLE_BUILD_PROBLEM",
+        &format!(
+            "the browser peer's bundle is missing ({} not found): run ci/build-wasm.sh (it \
+             builds wasm-peer/ for the browser into {}), then build again",
+            absent.join(", "),
+            dir.display()
+        ),
+    );
 }

@@ -20,6 +20,16 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 use db::Store;
 
+/// What this binary was built without (node/build.rs warned at build time, naming the script
+/// that builds it). A node missing either refuses to start: it would lose data (no cr-sqlite) or
+/// offer an offline mode that cannot work (no browser peer).
+pub const BUILD_PROBLEMS: &[&str] = &[
+    #[cfg(crsqlite_missing)]
+    env!("CRSQLITE_BUILD_PROBLEM"),
+    #[cfg(wasm_bundle_missing)]
+    env!("WASM_BUNDLE_BUILD_PROBLEM"),
+];
+
 /// Serves the node on `listener` until `shutdown` completes, then finishes in-flight requests
 /// and closes the database cleanly.
 pub async fn run(
@@ -27,6 +37,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if !BUILD_PROBLEMS.is_empty() {
+        anyhow::bail!(
+            "this todo-node was built without what it embeds:\n- {}",
+            BUILD_PROBLEMS.join("\n- ")
+        );
+    }
     let mut config = config;
     let local = listener.local_addr().context("listener address")?;
     if config.public_url.is_none() && !local.ip().is_unspecified() {
