@@ -16,7 +16,7 @@ use std::time::Duration;
 use app::Todo;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub use changes::{ChangePage, MergeOutcome};
+pub use changes::{ChangePage, MergeOutcome, Watermark};
 pub use extension::{CRSQLITE_VERSION, CRSQLITE_VERSION_NUMBER};
 
 /// File name of the database inside DATA_DIR.
@@ -34,12 +34,24 @@ CREATE TABLE IF NOT EXISTS todos(
     created_at INTEGER NOT NULL DEFAULT 0
 );
 SELECT crsql_as_crr('todos');
+-- How far this node has pulled from each peer (anti-entropy): keyed by the peer's libp2p id,
+-- which its connection authenticates, and the site id it claims, so a peer that claims another
+-- node's site can only move its own entry. Local bookkeeping, not replicated.
+CREATE TABLE IF NOT EXISTS sync_watermarks(
+    peer_id TEXT NOT NULL,
+    site_id BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (peer_id, site_id)
+) WITHOUT ROWID;
 ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no todo with id {0:?}")]
     NotFound(String),
+    /// A local write that would emit changes no peer accepts (see `changeset::validate`).
+    #[error("{0}")]
+    Refused(changeset::InvalidChange),
     #[error("cr-sqlite extension: {0}")]
     Extension(String),
     #[error("database {path}: {source}")]
@@ -253,7 +265,8 @@ impl Store {
 
     /// Runs `f` in one IMMEDIATE transaction on the writer; commits only if it returns Ok.
     /// With synchronous=FULL, a write that returned is on disk and survives a crash. A `local`
-    /// write (one made here, not merged from a peer) is announced to gossip after the commit.
+    /// write (one made here, not merged from a peer) is checked before it commits — the changes
+    /// it made must carry counters every peer accepts — and announced to gossip after.
     fn write<T>(
         &self,
         local: bool,
@@ -263,7 +276,16 @@ impl Store {
         let tx = conn
             .0
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let committed = if local {
+            Some(changes::db_version(&tx)?)
+        } else {
+            None
+        };
         let out = f(&tx)?;
+        if let Some(committed) = committed {
+            changeset::counters_in_range(&changes::local_changes_after(&tx, committed)?)
+                .map_err(StoreError::Refused)?;
+        }
         tx.commit()?;
         if local {
             let db_version: i64 = conn

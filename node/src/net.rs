@@ -27,7 +27,6 @@
 //! so the swarm is never stalled by SQLite.
 
 pub mod protocol;
-pub mod validate;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -48,7 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayAddr};
-use crate::db::Store;
+use crate::db::{Store, Watermark};
 use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 
 /// Changes per sync page: large enough that catching up 100,000 changes takes few round trips,
@@ -930,13 +929,17 @@ impl EventLoop {
         state.round_started = Some(Instant::now());
         state.round_changes = 0;
         match state.site {
-            Some(site) => self.spawn_db(move |store| match store.watermark(site) {
-                Ok(since) => Done::SyncWatermark { peer, since },
-                Err(e) => Done::MergeFailed {
-                    peer,
-                    error: format!("reading watermark: {e}"),
-                },
-            }),
+            Some(site) => {
+                self.spawn_db(
+                    move |store| match store.watermark(&peer.to_string(), site) {
+                        Ok(since) => Done::SyncWatermark { peer, since },
+                        Err(e) => Done::MergeFailed {
+                            peer,
+                            error: format!("reading watermark: {e}"),
+                        },
+                    },
+                )
+            }
             // A peer that did not say its site id: pull everything (merging is idempotent).
             None => self.request_page(peer, DbVersion(0)),
         }
@@ -966,7 +969,7 @@ impl EventLoop {
                         return;
                     }
                     let site = self.site;
-                    let max = (request.max_changes as usize).min(validate::MAX_CHANGES_PER_BATCH);
+                    let max = (request.max_changes as usize).min(changeset::MAX_CHANGES_PER_BATCH);
                     self.spawn_db(move |store| {
                         let response = store
                             .sync_page(request.since, request.requester, max)
@@ -1023,7 +1026,10 @@ impl EventLoop {
             return;
         }
         state.site = Some(response.site_id);
-        if let Err(error) = validate::validate(&response.changes) {
+        let checked = changeset::validate(&response.changes).and_then(|()| {
+            changeset::validate::page_up_to(&response.changes, response.up_to, response.more)
+        });
+        if let Err(error) = checked {
             self.penalise(peer, &format!("invalid sync page: {error}"));
             return;
         }
@@ -1031,8 +1037,13 @@ impl EventLoop {
         let site = response.site_id;
         let count = response.changes.len();
         let (more, up_to) = (response.more, response.up_to);
+        let watermark = Watermark {
+            peer: peer.to_string(),
+            source: site,
+            version: up_to,
+        };
         self.spawn_db(
-            move |store| match store.merge(&response.changes, Some((site, up_to))) {
+            move |store| match store.merge(&response.changes, Some(&watermark)) {
                 Ok(outcome) => Done::SyncMerged {
                     peer,
                     site,
@@ -1054,7 +1065,7 @@ impl EventLoop {
         let decoded = protocol::decode_gossip(&message.data)
             .map_err(|e| e.to_string())
             .and_then(|m| {
-                validate::validate(&m.changes)
+                changeset::validate(&m.changes)
                     .map(|()| m)
                     .map_err(|e| e.to_string())
             });

@@ -1,13 +1,16 @@
-//! A rogue libp2p peer that passes as a node of the deployment, then sends hostile input: an
-//! undecodable gossip message, and a sync page whose second change is of an unknown column.
-//! The node must apply nothing of either, log it, and disconnect and ban the peer.
+//! Hostile input. A rogue libp2p peer that passes as a node of the deployment sends an
+//! undecodable gossip message, or a sync page whose second change is of an unknown column: the
+//! node must apply nothing of either, log it, and disconnect and ban the peer. A rogue that
+//! claims another node's site id and says it has nothing up to the end of time must not stop
+//! the node from catching up with the real one. And one anonymous `POST /api/changes` with
+//! counters at the limit must neither drag the node's clock nor split the cluster.
 
 mod common;
 
 use std::time::Duration;
 
 use changeset::{Change, DbVersion, SiteId, Value, pack_columns};
-use common::{TestNode, add, p2p_addr, p2p_config, titles};
+use common::{TestNode, add, eventually, get_json, p2p_addr, p2p_config, post_form, titles};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::request_response::{self, ProtocolSupport};
@@ -23,6 +26,11 @@ struct Rogue {
 }
 
 fn rogue_swarm() -> Swarm<Rogue> {
+    rogue_swarm_as(SiteId([0xEE; 16]))
+}
+
+/// A rogue that says, in its identify agent string, that it is the node of site `site`.
+fn rogue_swarm_as(site: SiteId) -> Swarm<Rogue> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -47,10 +55,7 @@ fn rogue_swarm() -> Swarm<Rogue> {
                 // Claims to belong to the deployment, so the node accepts and syncs with it.
                 identify: identify::Behaviour::new(
                     identify::Config::new("/todo-hybrid/todo-hybrid/1".into(), key.public())
-                        .with_agent_version(format!(
-                            "rogue site={} name=rogue",
-                            SiteId([0xEE; 16])
-                        )),
+                        .with_agent_version(format!("rogue site={site} name=rogue")),
                 ),
                 gossipsub,
                 sync: request_response::Behaviour::with_codec(
@@ -174,4 +179,175 @@ async fn attack(attack: Attack) {
     let peers = common::get_json(&node, "/api/peers").await;
     assert_eq!(peers["peers"].as_array().expect("peers").len(), 0);
     node.stop().await;
+}
+
+const CONVERGE: Duration = Duration::from_secs(30);
+/// The largest counter any replica accepts (2^53 − 1, exact in JavaScript).
+const MAX_COUNTER: i64 = (1 << 53) - 1;
+
+async fn site_of(node: &TestNode) -> SiteId {
+    get_json(node, "/health").await["site_id"]
+        .as_str()
+        .expect("site id")
+        .parse()
+        .expect("hex site id")
+}
+
+/// The rogue claims node B's site id and answers every sync request from A with "nothing, and
+/// you have everything up to 2^53 − 1". A keyed its watermark by the claimed site alone, so it
+/// never again asked the real B for anything: what B wrote while apart never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_another_nodes_site_cannot_stop_catch_up_from_it() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = TestNode::start_with(p2p_config(dir_a.path(), "a", &[])).await;
+    let a_addr = p2p_addr(&a).await;
+    let b = TestNode::start_with(p2p_config(dir_b.path(), "b", &[])).await;
+    let b_site = site_of(&b).await;
+    add(&b, "written on b while apart").await;
+    b.stop().await;
+
+    let mut rogue = rogue_swarm_as(b_site);
+    rogue
+        .dial(a_addr.parse::<Multiaddr>().expect("addr"))
+        .expect("dial");
+    let rogue_peer = rogue.local_peer_id().to_string();
+    let forging = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(RogueEvent::Sync(request_response::Event::Message {
+                message: request_response::Message::Request { channel, .. },
+                ..
+            })) = rogue.select_next_some().await
+            {
+                let forged = SyncResponse {
+                    site_id: b_site,
+                    changes: vec![],
+                    up_to: DbVersion(MAX_COUNTER as u64),
+                    more: false,
+                };
+                let _ = rogue.behaviour_mut().sync.send_response(channel, forged);
+            }
+        }
+    });
+    // A took the forged answer: its watermark for the rogue is at the end of the range.
+    eventually("A to accept the rogue's forged page", CONVERGE, || async {
+        let peers = get_json(&a, "/api/peers").await;
+        peers["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .any(|p| p["peer_id"] == rogue_peer.as_str() && p["watermark"] == MAX_COUNTER)
+            .then_some(())
+    })
+    .await;
+
+    // The real B comes back: A catches up with it all the same.
+    let b = TestNode::start_with(p2p_config(dir_b.path(), "b", &[a_addr])).await;
+    eventually("A to catch up with the real B", CONVERGE, || async {
+        titles(&a)
+            .await
+            .contains(&"written on b while apart".to_owned())
+            .then_some(())
+    })
+    .await;
+    forging.abort();
+    b.stop().await;
+    a.stop().await;
+}
+
+/// The crsql_changes rows of a node, minus its local db_versions: equal on two nodes when they
+/// hold the same data with the same clocks.
+async fn replicated_state(node: &TestNode) -> Vec<serde_json::Value> {
+    let page = get_json(node, "/api/changes?since=0").await;
+    let mut rows: Vec<serde_json::Value> = page["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.as_object_mut().expect("object").remove("db_version");
+            c
+        })
+        .collect();
+    rows.sort_by_key(|c| format!("{}{}", c["pk"], c["cid"]));
+    rows
+}
+
+/// One anonymous push of a title at col_version 2^53 − 1, sent with db_version 2^53 − 1. Node A
+/// used to take both: its clock jumped to the end of the range, and its next edit of that title
+/// carried col_version 2^53, which B refused as out of range — B banned the honest A and kept
+/// the poisoned title for ever. Now A's clock does not move, the edit that would leave the range
+/// is refused (409) before it is written, other edits go on, and A and B stay equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_anonymous_push_at_the_counter_limit_does_not_split_the_cluster() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = TestNode::start_with(p2p_config(dir_a.path(), "a", &[])).await;
+    let b = TestNode::start_with(p2p_config(dir_b.path(), "b", &[p2p_addr(&a).await])).await;
+    let id = add(&a, "honest").await;
+    eventually("B to get the todo", CONVERGE, || async {
+        (titles(&b).await == ["honest"]).then_some(())
+    })
+    .await;
+
+    let poison = Change {
+        col_version: MAX_COUNTER,
+        db_version: DbVersion(MAX_COUNTER as u64),
+        ..change(&id, "title", Value::Text("poisoned".into()))
+    };
+    let pushed = common::client()
+        .post(a.url("/api/changes"))
+        .json(&serde_json::json!({ "changes": [poison] }))
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(
+        pushed.status(),
+        200,
+        "{}",
+        pushed.text().await.unwrap_or_default()
+    );
+    let clock = get_json(&a, "/health").await["db_version"]
+        .as_i64()
+        .expect("db_version");
+    assert!(
+        clock < 100,
+        "a pushed db_version dragged A's clock to {clock}"
+    );
+    eventually("both to hold the pushed title", CONVERGE, || async {
+        (titles(&a).await == ["poisoned"] && titles(&b).await == ["poisoned"]).then_some(())
+    })
+    .await;
+
+    // An edit that would take the title's col_version past the limit is refused on A...
+    let rename = post_form(&a, &format!("/todos/{id}/title"), &[("title", "mine")]).await;
+    assert_eq!(rename.status(), 409);
+    assert_eq!(titles(&a).await, ["poisoned"]);
+    // ...while other edits of the same todo go on, and reach B.
+    let toggle = post_form(&a, &format!("/todos/{id}/toggle"), &[("completed", "1")]).await;
+    assert_eq!(toggle.status(), 303);
+    let other = add(&a, "after the push").await;
+    eventually(
+        "A and B to hold the same rows and clocks",
+        CONVERGE,
+        || async {
+            let (on_a, on_b) = (replicated_state(&a).await, replicated_state(&b).await);
+            (on_a == on_b
+                && on_a
+                    .iter()
+                    .any(|c| c["cid"] == "completed" && c["val"][1] == 1))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        titles(&b).await.contains(&"after the push".to_owned()),
+        "{other}"
+    );
+    b.stop().await;
+    a.stop().await;
 }

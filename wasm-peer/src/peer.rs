@@ -356,10 +356,16 @@ impl Peer {
             up_to: DbVersion(page.up_to),
             more: page.more,
         };
+        // The same rule as every node's for what it merges (changeset::validate).
+        changeset::validate(&page.changes)
+            .and_then(|()| changeset::validate::page_up_to(&page.changes, page.up_to, page.more))
+            .map_err(|e| PeerError::Page(e.to_string()))?;
         let replica = &mut self.replica;
-        let more = self
-            .pulled
-            .receive(&page, |changes| replica.merge(changes).map(|_| ()))?;
+        let more = self.pulled.receive(&page, |changes| {
+            let mut changes = changes.to_vec();
+            changeset::detach_sender_clock(&mut changes);
+            replica.merge(&changes).map(|_| ())
+        })?;
         if nothing_waiting {
             self.pushed_up_to = self.replica.db_version();
         }
@@ -423,14 +429,21 @@ impl Peer {
     }
 
     fn write(&mut self, writes: &[Write]) -> Result<(), PageError> {
-        self.replica
-            .write(writes)
-            .map(|_| ())
-            .map_err(|e| PageError {
+        // Never write a change that nodes would refuse (changeset::validate).
+        let in_range = |made: &[Change]| Ok(changeset::counters_in_range(made)?);
+        match self.replica.write_checked(writes, in_range) {
+            Ok(_) => Ok(()),
+            Err(EngineError::Refused(reason)) => Err(PageError {
+                status: 409,
+                title: "Cannot change this todo",
+                message: format!("Nothing was changed: {reason}."),
+            }),
+            Err(e) => Err(PageError {
                 status: 500,
                 title: "Error",
                 message: format!("The change could not be saved in this browser: {e}"),
-            })
+            }),
+        }
     }
 
     fn index(

@@ -35,6 +35,9 @@ pub enum EngineError {
         expected: usize,
         got: usize,
     },
+    /// A local write whose changes peers would refuse (see [`crate::validate`]).
+    #[error("{0}")]
+    Refused(#[from] crate::validate::InvalidChange),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,20 +256,34 @@ impl Replica {
     /// Runs local writes as one transaction; returns the changes it made, as peers will see
     /// them. On error nothing is applied.
     pub fn write(&mut self, writes: &[Write]) -> Result<Vec<Change>, EngineError> {
+        self.write_checked(writes, |_| Ok(()))
+    }
+
+    /// Like [`Replica::write`], but commits only if `check` accepts the changes the write made
+    /// (e.g. [`crate::validate::counters_in_range`]); otherwise nothing is applied.
+    pub fn write_checked(
+        &mut self,
+        writes: &[Write],
+        check: impl FnOnce(&[Change]) -> Result<(), EngineError>,
+    ) -> Result<Vec<Change>, EngineError> {
         let mut next = self.clone();
         let mut tx = next.begin();
         for w in writes {
             next.apply_write(w, &mut tx)?;
         }
         next.cached_db_version = tx.pending;
-        let made = tx.pending.map(|v| {
-            next.changes()
-                .into_iter()
-                .filter(|c| c.db_version.0 == v && c.site_id == next.site_id)
-                .collect()
-        });
+        let made: Vec<Change> = tx
+            .pending
+            .map(|v| {
+                next.changes()
+                    .into_iter()
+                    .filter(|c| c.db_version.0 == v && c.site_id == next.site_id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        check(&made)?;
         *self = next;
-        Ok(made.unwrap_or_default())
+        Ok(made)
     }
 
     fn apply_write(&mut self, w: &Write, tx: &mut Tx) -> Result<(), EngineError> {

@@ -7,7 +7,8 @@
 //! - [`affinity`]: SQLite column affinity, applied before values are stored or compared;
 //! - [`engine`]: an in-memory replica that writes and merges exactly as cr-sqlite does;
 //! - [`snapshot`]: a replica's whole state as bytes (what the browser keeps in OPFS);
-//! - [`sync`]: sans-IO pull sync: watermarks per source site, pages cut on whole db_versions.
+//! - [`sync`]: sans-IO pull sync: watermarks per source site, pages cut on whole db_versions;
+//! - [`validate`]: what a replica accepts from outside: the schema and the counter rules.
 //!
 //! The rules are those of shared/research/crsqlite-merge-spec.md; section numbers in comments
 //! refer to it.
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod pk;
 pub mod snapshot;
 pub mod sync;
+pub mod validate;
 pub mod value;
 pub mod wire;
 
@@ -28,5 +30,8 @@ pub use engine::{Column, EngineError, Replica, TableSchema, Write};
 pub use pk::{PkError, pack_columns, unpack_columns};
 pub use snapshot::SnapshotError;
 pub use sync::{Page, PageLimits, Request, SyncState};
+pub use validate::{
+    InvalidChange, MAX_CHANGES_PER_BATCH, counters_in_range, detach_sender_clock, validate,
+};
 pub use value::{DbVersion, SiteId, SiteIdParseError, Value};
 pub use wire::{WireError, decode_changes, encode_changes};

@@ -21,6 +21,14 @@ pub struct ChangePage {
     pub more: bool,
 }
 
+/// How far this node has pulled `source`'s changes from `peer` (a libp2p peer id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub peer: String,
+    pub source: SiteId,
+    pub version: DbVersion,
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MergeOutcome {
@@ -84,33 +92,28 @@ impl Store {
     /// This node's own writes with `db_version > since` (what gossip publishes).
     pub fn local_changes_since(&self, since: DbVersion) -> Result<Vec<Change>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.0.prepare_cached(&format!(
-            "SELECT {CHANGE_COLUMNS} FROM crsql_changes
-             WHERE db_version > ?1 AND site_id = crsql_site_id() ORDER BY db_version, seq"
-        ))?;
-        let rows = stmt.query_map([since_param(since)], change_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        local_changes_after(&conn.0, since)
     }
 
-    /// The highest db_version of `source` applied here (0 when never synced).
-    pub fn watermark(&self, source: SiteId) -> Result<DbVersion, StoreError> {
+    /// The highest db_version of `source` applied here from `peer` (0 when never synced).
+    pub fn watermark(&self, peer: &str, source: SiteId) -> Result<DbVersion, StoreError> {
         let conn = self.reader()?;
         let v: Option<i64> = conn
             .0
             .prepare_cached(
-                "SELECT version FROM crsql_tracked_peers WHERE site_id = ?1 AND tag = 0 AND event = 0",
+                "SELECT version FROM sync_watermarks WHERE peer_id = ?1 AND site_id = ?2",
             )?
-            .query_row([source.0.to_vec()], |r| r.get(0))
+            .query_row(params![peer, source.0.to_vec()], |r| r.get(0))
             .optional()?;
         Ok(DbVersion(v.map_or(0, |v| u64::try_from(v).unwrap_or(0))))
     }
 
-    /// Merges `changes` in one transaction. With `watermark = Some((source, v))`, also records
-    /// that everything of `source` up to `v` is now applied, in the same transaction.
+    /// Merges `changes` in one transaction. With a watermark, also records, in the same
+    /// transaction, that everything of its source up to its version is now applied.
     pub fn merge(
         &self,
         changes: &[Change],
-        watermark: Option<(SiteId, DbVersion)>,
+        watermark: Option<&Watermark>,
     ) -> Result<MergeOutcome, StoreError> {
         self.write(false, |tx| {
             let mut insert = tx.prepare_cached(&format!(
@@ -123,25 +126,45 @@ impl Store {
                     c.cid,
                     SqlValue(&c.val),
                     c.col_version,
-                    since_param(c.db_version),
+                    // The sender's clock stays out of ours (changeset::validate explains why).
+                    since_param(changeset::validate::MERGE_DB_VERSION),
                     c.site_id.0.to_vec(),
                     c.cl,
                     c.seq,
                 ])?;
             }
-            if let Some((source, version)) = watermark {
+            if let Some(w) = watermark {
                 tx.prepare_cached(
-                    "INSERT INTO crsql_tracked_peers (site_id, version, seq, tag, event)
-                     VALUES (?1, ?2, 0, 0, 0)
-                     ON CONFLICT (site_id, tag, event) DO UPDATE SET version = max(version, excluded.version)",
+                    "INSERT INTO sync_watermarks (peer_id, site_id, version) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (peer_id, site_id) DO UPDATE SET version = max(version, excluded.version)",
                 )?
-                .execute(params![source.0.to_vec(), since_param(version)])?;
+                .execute(params![w.peer, w.source.0.to_vec(), since_param(w.version)])?;
             }
             let rows_impacted: i64 =
                 tx.query_row("SELECT crsql_rows_impacted()", [], |r| r.get(0))?;
             Ok(MergeOutcome { rows_impacted })
         })
     }
+}
+
+/// This replica's own changes with `db_version > since`, on `conn` (inside a transaction, its
+/// pending changes too).
+pub(super) fn local_changes_after(
+    conn: &rusqlite::Connection,
+    since: DbVersion,
+) -> Result<Vec<Change>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM crsql_changes
+         WHERE db_version > ?1 AND site_id = crsql_site_id() ORDER BY db_version, seq"
+    ))?;
+    let rows = stmt.query_map([since_param(since)], change_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// `crsql_db_version()` on `conn`: the highest committed db_version.
+pub(super) fn db_version(conn: &rusqlite::Connection) -> Result<DbVersion, StoreError> {
+    let v: i64 = conn.query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
+    Ok(DbVersion(u64::try_from(v).unwrap_or(0)))
 }
 
 /// Reads one page (see [`Store::changes_since`]) on `conn`.

@@ -4,11 +4,10 @@
 use app::Todo;
 use axum::Json;
 use axum::extract::{Query, State};
-use changeset::{Change, DbVersion, SiteId};
+use changeset::{Change, DbVersion, MAX_CHANGES_PER_BATCH, SiteId, validate};
 use serde::{Deserialize, Serialize};
 
 use crate::net::NetStatus;
-use crate::net::validate::{MAX_CHANGES_PER_BATCH, validate};
 
 use super::error::JsonError;
 use super::{AppError, AppState};

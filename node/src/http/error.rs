@@ -18,6 +18,8 @@ pub enum AppError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -29,6 +31,9 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => Self::NotFound("No todo has that id.".to_owned()),
+            StoreError::Refused(reason) => {
+                Self::Conflict(format!("Nothing was changed: {reason}."))
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -46,6 +51,7 @@ impl AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -67,6 +73,7 @@ impl AppError {
             Self::NotFound(_) => "Not found",
             Self::BadRequest(_) => "Bad request",
             Self::Forbidden(_) => "Forbidden",
+            Self::Conflict(_) => "Cannot change this todo",
             Self::PayloadTooLarge(_) => "Too large",
             Self::UnsupportedMediaType(_) => "Unsupported form encoding",
             Self::Internal(_) => "Server error",
