@@ -81,6 +81,12 @@ pub struct Config {
     /// Seconds between anti-entropy rounds with each connected node (repairs what gossip missed).
     #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sync_interval_secs: u64,
+
+    /// Publish each local write to the other nodes at once (gossip). With false, writes reach
+    /// them by anti-entropy alone, within SYNC_INTERVAL_SECS: for networks where the extra
+    /// traffic is unwanted, and for the test that proves anti-entropy alone converges.
+    #[arg(long, env = "GOSSIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub gossip: bool,
 }
 
 impl Config {
@@ -104,6 +110,7 @@ impl Config {
             ],
             sync_interval_secs: 10,
             public_url: None,
+            gossip: true,
         }
     }
 

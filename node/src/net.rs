@@ -375,6 +375,7 @@ pub fn start(
         relays,
         known_relays,
         sync_interval: Duration::from_secs(config.sync_interval_secs),
+        gossip_enabled: config.gossip,
         gossip_slots: Arc::new(tokio::sync::Semaphore::new(GOSSIP_MERGES_IN_FLIGHT)),
         shutdown: shutdown.clone(),
     };
@@ -547,6 +548,8 @@ struct EventLoop {
     /// Configured relays and those named in bootstrap circuit addresses.
     known_relays: HashSet<PeerId>,
     sync_interval: Duration,
+    /// GOSSIP: publish local writes at once (false: anti-entropy alone).
+    gossip_enabled: bool,
     gossip_slots: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 }
@@ -1134,6 +1137,10 @@ impl EventLoop {
     /// highest db_version published (0 for none).
     fn gossip_transactions(&mut self, changes: &[Change]) -> DbVersion {
         let mut up_to = DbVersion(0);
+        if !self.gossip_enabled {
+            // Anti-entropy alone delivers them (GOSSIP=false).
+            return changes.iter().map(|c| c.db_version).max().unwrap_or(up_to);
+        }
         for transaction in changes.chunk_by(|a, b| a.db_version == b.db_version) {
             let version = transaction[0].db_version;
             let bytes = protocol::encode_gossip(&GossipMessage {

@@ -170,3 +170,71 @@ async fn a_node_joining_late_receives_everything_over_quic() {
         n.stop().await;
     }
 }
+
+/// Waits until `node` has finished an anti-entropy round with each of `peers` others.
+async fn wait_for_sync_rounds(node: &TestNode, peers: usize) {
+    eventually(
+        &format!("{} to finish a sync round with {peers} peers", node.addr),
+        CONVERGE,
+        || async {
+            let status = common::get_json(node, "/api/peers").await;
+            let synced = status["peers"]
+                .as_array()
+                .expect("peers")
+                .iter()
+                .filter(|p| !p["last_sync_secs_ago"].is_null())
+                .count();
+            (synced >= peers).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Gossip alone: anti-entropy runs once when nodes connect and then only hourly, so a write
+/// made after that first round travels by gossip or not at all. Node A has gossip off: its
+/// write must not arrive (the control that shows the other write really came by gossip).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reaches_the_other_nodes_by_gossip_alone() {
+    let dirs = dirs();
+    let hourly = |dir: &std::path::Path, name: &str, bootstrap: &[String]| {
+        let mut config = p2p_config(dir, name, bootstrap);
+        config.sync_interval_secs = 3600;
+        config
+    };
+    let mut silent = hourly(dirs[0].path(), "a", &[]);
+    silent.gossip = false;
+    let a = TestNode::start_with(silent).await;
+    let seed = p2p_addr(&a).await;
+    let b = TestNode::start_with(hourly(dirs[1].path(), "b", std::slice::from_ref(&seed))).await;
+    let c = TestNode::start_with(hourly(dirs[2].path(), "c", &[seed])).await;
+    wait_for_sync_rounds(&b, 1).await;
+    wait_for_sync_rounds(&c, 1).await;
+    wait_for_sync_rounds(&a, 2).await;
+
+    add(&b, "gossiped by b").await;
+    wait_for_titles(&a, &["gossiped by b"]).await;
+    wait_for_titles(&c, &["gossiped by b"]).await;
+
+    add(&a, "kept by a").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(titles(&b).await, ["gossiped by b"], "A has gossip off");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// Anti-entropy alone: A publishes nothing (GOSSIP=false); B pulls from it every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reaches_the_other_node_by_anti_entropy_alone() {
+    let dirs = dirs();
+    let mut silent = p2p_config(dirs[0].path(), "a", &[]);
+    silent.gossip = false;
+    let a = TestNode::start_with(silent).await;
+    let b = TestNode::start_with(p2p_config(dirs[1].path(), "b", &[p2p_addr(&a).await])).await;
+    wait_for_sync_rounds(&b, 1).await;
+    add(&a, "pulled by b").await;
+    wait_for_titles(&b, &["pulled by b"]).await;
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
