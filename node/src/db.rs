@@ -242,11 +242,26 @@ impl Store {
         self.update_one("DELETE FROM todos WHERE id = ?1", params![id], id)
     }
 
-    /// Deletes every completed todo; returns how many.
+    /// Deletes every completed todo; returns how many. A delete is one change, so this runs in
+    /// transactions of at most `MAX_CHANGES_PER_TRANSACTION` rows, each of which replicates
+    /// whole (see `changeset::validate`); a crash part-way leaves the rest for the next click.
     pub fn clear_completed(&self) -> Result<usize, StoreError> {
-        self.write(true, |tx| {
-            Ok(tx.execute("DELETE FROM todos WHERE completed = 1", [])?)
-        })
+        let chunk = i64::try_from(changeset::MAX_CHANGES_PER_TRANSACTION).unwrap_or(i64::MAX);
+        let mut cleared = 0;
+        loop {
+            let deleted = self.write(true, |tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "DELETE FROM todos WHERE id IN
+                         (SELECT id FROM todos WHERE completed = 1 LIMIT ?1)",
+                    )?
+                    .execute([chunk])?)
+            })?;
+            cleared += deleted;
+            if deleted == 0 {
+                return Ok(cleared);
+            }
+        }
     }
 
     fn update_one(
@@ -283,7 +298,7 @@ impl Store {
         };
         let out = f(&tx)?;
         if let Some(committed) = committed {
-            changeset::counters_in_range(&changes::local_changes_after(&tx, committed)?)
+            changeset::local_write_in_bounds(&changes::local_changes_after(&tx, committed)?)
                 .map_err(StoreError::Refused)?;
         }
         tx.commit()?;

@@ -364,7 +364,13 @@ impl Peer {
         let more = self.pulled.receive(&page, |changes| {
             let mut changes = changes.to_vec();
             changeset::detach_sender_clock(&mut changes);
-            replica.merge(&changes).map(|_| ())
+            // As on a node: transactions small enough to push back whole.
+            let mut next = replica.clone();
+            for chunk in changes.chunks(changeset::MAX_CHANGES_PER_TRANSACTION) {
+                next.merge(chunk)?;
+            }
+            *replica = next;
+            Ok::<(), EngineError>(())
         })?;
         if nothing_waiting {
             self.pushed_up_to = self.replica.db_version();
@@ -422,15 +428,17 @@ impl Peer {
                 pk: vec![Value::Text(t.id)],
             })
             .collect();
-        if deletes.is_empty() {
-            return Ok(());
+        // A delete is one change: transactions of at most MAX_CHANGES_PER_TRANSACTION rows,
+        // each of which replicates whole (changeset::validate), as on a node.
+        for chunk in deletes.chunks(changeset::MAX_CHANGES_PER_TRANSACTION) {
+            self.write(chunk)?;
         }
-        self.write(&deletes)
+        Ok(())
     }
 
     fn write(&mut self, writes: &[Write]) -> Result<(), PageError> {
         // Never write a change that nodes would refuse (changeset::validate).
-        let in_range = |made: &[Change]| Ok(changeset::counters_in_range(made)?);
+        let in_range = |made: &[Change]| Ok(changeset::local_write_in_bounds(made)?);
         match self.replica.write_checked(writes, in_range) {
             Ok(_) => Ok(()),
             Err(EngineError::Refused(reason)) => Err(PageError {

@@ -260,7 +260,7 @@ impl Replica {
     }
 
     /// Like [`Replica::write`], but commits only if `check` accepts the changes the write made
-    /// (e.g. [`crate::validate::counters_in_range`]); otherwise nothing is applied.
+    /// (e.g. [`crate::validate::local_write_in_bounds`]); otherwise nothing is applied.
     pub fn write_checked(
         &mut self,
         writes: &[Write],

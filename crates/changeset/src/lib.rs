@@ -31,7 +31,8 @@ pub use pk::{PkError, pack_columns, unpack_columns};
 pub use snapshot::SnapshotError;
 pub use sync::{Page, PageLimits, Request, SyncState};
 pub use validate::{
-    InvalidChange, MAX_CHANGES_PER_BATCH, counters_in_range, detach_sender_clock, validate,
+    InvalidChange, MAX_CHANGES_PER_BATCH, MAX_CHANGES_PER_TRANSACTION, detach_sender_clock,
+    local_write_in_bounds, validate,
 };
 pub use value::{DbVersion, SiteId, SiteIdParseError, Value};
 pub use wire::{WireError, decode_changes, encode_changes};

@@ -23,7 +23,7 @@
 //! - `col_version` and `cl` (causal length) grow by one per write of a cell, or per delete and
 //!   re-insert of a row; merging keeps them. Any cap a replica accepts up to, a local write on
 //!   top of a value at the cap would pass, so instead a replica refuses a local write that would
-//!   carry a counter past [`MAX_COUNTER`] ([`counters_in_range`]): what it accepts it can
+//!   carry a counter past [`MAX_COUNTER`] ([`local_write_in_bounds`]): what it accepts it can
 //!   forward, and what it writes every peer accepts. A cell whose counter a peer set to the cap
 //!   can then no longer be edited (it can still be deleted, unless its `cl` is at the cap too):
 //!   the data stays the same everywhere. Who may send changes at all is the membership design's
@@ -35,6 +35,14 @@ use crate::value::{DbVersion, Value};
 /// Largest number of changes one gossip message, sync page or HTTP push may carry. A page of
 /// todos is 3–4 changes per todo, so this is a few thousand todos per round trip.
 pub const MAX_CHANGES_PER_BATCH: usize = 10_000;
+/// Largest number of changes one transaction may make, on any replica. Bulk local writes
+/// (clearing completed todos) and merges of large batches are split into transactions of at
+/// most this many, so every db_version fits whole in a sync page, an HTTP push (at most about
+/// 3.3 KB a change in JSON: 1,000 changes stay under the node's 8 MiB body limit) and a batch
+/// ([`MAX_CHANGES_PER_BATCH`]): there is no transaction too large to replicate. The price is
+/// atomicity: another replica may briefly show part of a bulk operation, never a different
+/// end state (cr-sqlite merges each change on its own: merge spec §7).
+pub const MAX_CHANGES_PER_TRANSACTION: usize = 1_000;
 /// The largest counter anywhere: browsers hold counters as JavaScript numbers, exact only up to
 /// 2^53 − 1.
 pub const MAX_COUNTER: i64 = (1 << 53) - 1;
@@ -70,6 +78,11 @@ pub enum InvalidChange {
          cannot be changed this way any more"
     )]
     CounterExhausted { field: &'static str },
+    #[error(
+        "a transaction of {0} changes is over the limit of {MAX_CHANGES_PER_TRANSACTION}; \
+         split it"
+    )]
+    TransactionTooLarge(usize),
     #[error("sync page claims up_to {up_to} (more: {more}) but carries changes up to {carried}")]
     PageUpTo {
         up_to: u64,
@@ -123,9 +136,12 @@ pub fn detach_sender_clock(changes: &mut [Change]) {
     }
 }
 
-/// Checks the changes a local write made before it commits: every counter must stay within
-/// what peers accept.
-pub fn counters_in_range(made: &[Change]) -> Result<(), InvalidChange> {
+/// Checks the changes a local write made before it commits: at most
+/// [`MAX_CHANGES_PER_TRANSACTION`] of them, and every counter within what peers accept.
+pub fn local_write_in_bounds(made: &[Change]) -> Result<(), InvalidChange> {
+    if made.len() > MAX_CHANGES_PER_TRANSACTION {
+        return Err(InvalidChange::TransactionTooLarge(made.len()));
+    }
     for c in made {
         if c.col_version > MAX_COUNTER {
             return Err(InvalidChange::CounterExhausted {
@@ -383,7 +399,7 @@ mod tests {
         let mut edit = a.clone();
         let made = rename(&mut edit, "mine");
         assert_eq!(
-            counters_in_range(&made),
+            local_write_in_bounds(&made),
             Err(InvalidChange::CounterExhausted {
                 field: "col_version"
             })
@@ -393,7 +409,7 @@ mod tests {
         // An ordinary edit passes.
         let mut b = todo_replica(3);
         let made = rename(&mut b, "fine");
-        assert_eq!(counters_in_range(&made), Ok(()));
+        assert_eq!(local_write_in_bounds(&made), Ok(()));
         assert_eq!(validate(&made), Ok(()));
     }
 }

@@ -1,9 +1,11 @@
 //! The replica's side of sync: reading `crsql_changes` (everything since a peer's watermark, or
 //! this node's own new writes for gossip) and merging remote changes into it.
 //!
-//! Merges run in one IMMEDIATE transaction on the writer connection: either every change of a
-//! batch is applied and the source's watermark advanced, or nothing is (cr-sqlite aborts the
-//! whole statement on an unknown table or column, and we roll back on any error).
+//! Merges run in IMMEDIATE transactions on the writer connection, of at most
+//! `MAX_CHANGES_PER_TRANSACTION` changes each; the source's watermark advances with the last
+//! one, so it never runs ahead of the data (cr-sqlite aborts the whole statement on an unknown
+//! table or column, and we roll back a transaction on any error; batches are validated before
+//! any of it, so a bad batch applies nothing).
 
 use changeset::{Change, DbVersion, SiteId, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -108,43 +110,63 @@ impl Store {
         Ok(DbVersion(v.map_or(0, |v| u64::try_from(v).unwrap_or(0))))
     }
 
-    /// Merges `changes` in one transaction. With a watermark, also records, in the same
-    /// transaction, that everything of its source up to its version is now applied.
+    /// Merges `changes` in transactions of at most `MAX_CHANGES_PER_TRANSACTION` (so that each
+    /// local db_version replicates whole; see `changeset::validate`). With a watermark, the
+    /// last of them also records that everything of its source up to its version is applied: a
+    /// crash in between leaves the watermark behind the data, never ahead, and the next round
+    /// merges those changes again, which changes nothing.
     pub fn merge(
         &self,
         changes: &[Change],
         watermark: Option<&Watermark>,
     ) -> Result<MergeOutcome, StoreError> {
-        self.write(false, |tx| {
-            let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO crsql_changes ({CHANGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ))?;
-            for c in changes {
-                insert.execute(params![
-                    c.table,
-                    c.pk,
-                    c.cid,
-                    SqlValue(&c.val),
-                    c.col_version,
-                    // The sender's clock stays out of ours (changeset::validate explains why).
-                    since_param(changeset::validate::MERGE_DB_VERSION),
-                    c.site_id.0.to_vec(),
-                    c.cl,
-                    c.seq,
-                ])?;
-            }
-            if let Some(w) = watermark {
-                tx.prepare_cached(
-                    "INSERT INTO sync_watermarks (peer_id, site_id, version) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (peer_id, site_id) DO UPDATE SET version = max(version, excluded.version)",
-                )?
-                .execute(params![w.peer, w.source.0.to_vec(), since_param(w.version)])?;
-            }
-            let rows_impacted: i64 =
-                tx.query_row("SELECT crsql_rows_impacted()", [], |r| r.get(0))?;
-            Ok(MergeOutcome { rows_impacted })
-        })
+        let mut chunks: Vec<&[Change]> = changes
+            .chunks(changeset::MAX_CHANGES_PER_TRANSACTION)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        let mut rows_impacted = 0;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let watermark = watermark.filter(|_| i == last);
+            rows_impacted += self.write(false, |tx| merge_in(tx, chunk, watermark))?;
+        }
+        Ok(MergeOutcome { rows_impacted })
     }
+}
+
+/// Merges `changes` (and records `watermark`) inside `tx`; returns `crsql_rows_impacted()`.
+fn merge_in(
+    tx: &rusqlite::Transaction<'_>,
+    changes: &[Change],
+    watermark: Option<&Watermark>,
+) -> Result<i64, StoreError> {
+    let mut insert = tx.prepare_cached(&format!(
+        "INSERT INTO crsql_changes ({CHANGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+    ))?;
+    for c in changes {
+        insert.execute(params![
+            c.table,
+            c.pk,
+            c.cid,
+            SqlValue(&c.val),
+            c.col_version,
+            // The sender's clock stays out of ours (changeset::validate explains why).
+            since_param(changeset::validate::MERGE_DB_VERSION),
+            c.site_id.0.to_vec(),
+            c.cl,
+            c.seq,
+        ])?;
+    }
+    if let Some(w) = watermark {
+        tx.prepare_cached(
+            "INSERT INTO sync_watermarks (peer_id, site_id, version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (peer_id, site_id) DO UPDATE SET version = max(version, excluded.version)",
+        )?
+        .execute(params![w.peer, w.source.0.to_vec(), since_param(w.version)])?;
+    }
+    Ok(tx.query_row("SELECT crsql_rows_impacted()", [], |r| r.get(0))?)
 }
 
 /// This replica's own changes with `db_version > since`, on `conn` (inside a transaction, its
