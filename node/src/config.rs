@@ -87,6 +87,22 @@ pub struct Config {
     /// traffic is unwanted, and for the test that proves anti-entropy alone converges.
     #[arg(long, env = "GOSSIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub gossip: bool,
+
+    /// libp2p connections at once (nodes, relays, and later browsers): each costs a few hundred
+    /// KiB of buffers, so 256 keep a node's worst case near 100 MiB; a deployment has a handful
+    /// of nodes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// libp2p connections one peer may hold: a direct one, a relayed one, and room for a
+    /// reconnect or a hole-punch upgrade before the old one closes.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_PEER", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: u32,
+
+    /// New libp2p connections are refused while this process uses more memory than this
+    /// (MiB); existing ones carry on. A node uses tens of MiB, so this only trips under attack.
+    #[arg(long, env = "MAX_MEMORY_MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(64..))]
+    pub max_memory_mib: u64,
 }
 
 impl Config {
@@ -111,6 +127,9 @@ impl Config {
             sync_interval_secs: 10,
             public_url: None,
             gossip: true,
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            max_memory_mib: 1024,
         }
     }
 

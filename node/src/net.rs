@@ -35,15 +35,20 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use changeset::{Change, DbVersion, SiteId};
 use futures::StreamExt;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns, noise, ping, relay, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, dcutr, identify, mdns, memory_connection_limits, noise, ping, relay,
+    tcp, yamux,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayAddr};
@@ -64,9 +69,19 @@ const DONE_QUEUE: usize = 256;
 /// Gossip merges in flight at once. Past this, a received message is dropped (and counted in
 /// the logs): anti-entropy brings its changes anyway, so a flood cannot pile up tasks.
 const GOSSIP_MERGES_IN_FLIGHT: usize = 8;
+/// Sync pages being read for peers at once: each reads up to 5,000 changes (a few MiB), so
+/// this bounds the memory peers can make a node spend on them; more than the two cores can
+/// use anyway.
+const SYNC_SERVES_IN_FLIGHT: usize = 8;
+/// Incoming connections still in their handshake: a flood of half-open dials cannot pile up.
+const MAX_PENDING_INCOMING: u32 = 64;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Refuses connections over MAX_CONNECTIONS / MAX_CONNECTIONS_PER_PEER.
+    limits: connection_limits::Behaviour,
+    /// Refuses new connections while the process uses more than MAX_MEMORY_MIB.
+    memory: memory_connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
@@ -256,6 +271,9 @@ pub fn start(
         agent.push_str(&format!(" url={url}"));
     }
     let enable_mdns = config.enable_mdns;
+    let max_connections = config.max_connections;
+    let max_connections_per_peer = config.max_connections_per_peer;
+    let max_memory_bytes = config.max_memory_mib.saturating_mul(1024 * 1024) as usize;
     let sync_protocol = protocol::sync_protocol(&service);
 
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -272,6 +290,10 @@ pub fn start(
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .context("relay client transport")?
         .with_behaviour(|key, relay_client| {
+            let connection_limits = ConnectionLimits::default()
+                .with_max_established(Some(max_connections))
+                .with_max_established_per_peer(Some(max_connections_per_peer))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
             let peer_id = key.public().to_peer_id();
             let gossipsub_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
@@ -296,6 +318,8 @@ pub fn start(
                 None
             };
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(connection_limits),
+                memory: memory_connection_limits::Behaviour::with_max_bytes(max_memory_bytes),
                 identify: identify::Behaviour::new(
                     identify::Config::new(protocol_version.clone(), key.public())
                         .with_agent_version(agent),
@@ -377,6 +401,8 @@ pub fn start(
         sync_interval: Duration::from_secs(config.sync_interval_secs),
         gossip_enabled: config.gossip,
         gossip_slots: Arc::new(tokio::sync::Semaphore::new(GOSSIP_MERGES_IN_FLIGHT)),
+        serve_slots: Arc::new(tokio::sync::Semaphore::new(SYNC_SERVES_IN_FLIGHT)),
+        tasks: JoinSet::new(),
         shutdown: shutdown.clone(),
     };
     for relay in &config.relay_addrs {
@@ -551,6 +577,11 @@ struct EventLoop {
     /// GOSSIP: publish local writes at once (false: anti-entropy alone).
     gossip_enabled: bool,
     gossip_slots: Arc<tokio::sync::Semaphore>,
+    /// Sync requests being answered; more are dropped (the asker retries next round).
+    serve_slots: Arc<tokio::sync::Semaphore>,
+    /// Every database task the loop started: bounded by the slots above and by one sync round
+    /// per peer, and aborted with the loop.
+    tasks: JoinSet<()>,
     shutdown: CancellationToken,
 }
 
@@ -569,6 +600,7 @@ impl EventLoop {
                     Err(_) => writes_open = false,
                 },
                 Some(command) = self.commands.recv() => self.on_command(command),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => self.on_tick(),
             }
@@ -576,13 +608,15 @@ impl EventLoop {
         tracing::info!("network loop stopped");
     }
 
-    fn spawn_db<F>(&self, work: F)
+    /// Runs `work` on the blocking pool; its result comes back to the loop as `Done`. The task
+    /// belongs to the loop's JoinSet, so none outlives the loop.
+    fn spawn_db<F>(&mut self, work: F)
     where
         F: FnOnce(&Store) -> Done + Send + 'static,
     {
         let store = self.store.clone();
         let done = self.done_tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Ok(result) = tokio::task::spawn_blocking(move || work(&store)).await {
                 // The loop may have stopped; nothing to report to then.
                 let _ = done.send(result).await;
@@ -971,9 +1005,15 @@ impl EventLoop {
                         tracing::debug!(%peer, "sync request before identify; dropped");
                         return;
                     }
+                    let Ok(slot) = self.serve_slots.clone().try_acquire_owned() else {
+                        // The peer's request fails and it asks again next round.
+                        tracing::debug!(%peer, "busy serving {SYNC_SERVES_IN_FLIGHT} sync requests; dropped one");
+                        return;
+                    };
                     let site = self.site;
                     let max = (request.max_changes as usize).min(changeset::MAX_CHANGES_PER_BATCH);
                     self.spawn_db(move |store| {
+                        let _slot = slot;
                         let response = store
                             .sync_page(request.since, request.requester, max)
                             .map(|(page, up_to)| SyncResponse {

@@ -351,3 +351,50 @@ async fn one_anonymous_push_at_the_counter_limit_does_not_split_the_cluster() {
     b.stop().await;
     a.stop().await;
 }
+
+/// MAX_CONNECTIONS bounds what peers can make a node hold: with room for one, a second peer's
+/// connection is closed at once while the first carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = p2p_config(dir.path(), "small", &[]);
+    config.max_connections = 1;
+    let node = TestNode::start_with(config).await;
+    let addr: Multiaddr = p2p_addr(&node).await.parse().expect("addr");
+
+    let mut first = rogue_swarm_as(SiteId([0xE1; 16]));
+    first.dial(addr.clone()).expect("dial");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, first.select_next_some())
+            .await
+            .expect("the first peer connects");
+        if matches!(event, SwarmEvent::ConnectionEstablished { .. }) {
+            break;
+        }
+    }
+    let keep_first = tokio::spawn(async move {
+        loop {
+            first.select_next_some().await;
+        }
+    });
+
+    let mut second = rogue_swarm_as(SiteId([0xE2; 16]));
+    second.dial(addr).expect("dial");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, second.select_next_some())
+            .await
+            .expect("the second peer should be refused");
+        if matches!(
+            event,
+            SwarmEvent::ConnectionClosed { .. } | SwarmEvent::OutgoingConnectionError { .. }
+        ) {
+            break;
+        }
+    }
+    let peers = get_json(&node, "/api/peers").await;
+    assert_eq!(peers["peers"].as_array().expect("peers").len(), 1);
+    keep_first.abort();
+    node.stop().await;
+}
