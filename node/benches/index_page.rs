@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 mod common;
-use common::{NodeProcess, free_port};
+use common::{NodeProcess, free_port, rss_kib};
 
 const TODOS: usize = 1_000;
 const CONCURRENCY: usize = 16;
@@ -45,18 +45,6 @@ fn args() -> Args {
 struct Node {
     process: NodeProcess,
     _dir: tempfile::TempDir,
-}
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

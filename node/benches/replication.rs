@@ -3,21 +3,61 @@
 //! 1. Propagation: node A takes 200 writes, one at a time; for each, the time until node B
 //!    reports it (B's /health todo count, polled every millisecond) — p50/p99/max.
 //! 2. Catch-up: node B is stopped, A takes writes making 100,000 changes (33,334 todos × 3
-//!    columns), B is restarted and the time until it holds all of them is measured.
+//!    columns), B is restarted and the time until it holds all of them is measured, with the
+//!    peak RSS (VmHWM) of both processes.
+//! 3. Bulk: A is given 50,000 completed todos (pushed in batches, as a browser or another
+//!    replica would), B receives them; then one click clears them all on A, and the time until
+//!    B holds none is measured (before the size-cliff fix that clear was one transaction of
+//!    50,000 changes, which B refused: it never arrived). Peak RSS of both again.
 //!
-//! cargo bench -p todo-node --bench replication [-- --changes 100000 --save f.json --compare f.json]
+//! cargo bench -p todo-node --bench replication [-- --changes 100000 --bulk 50000 --save f.json --compare f.json]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use changeset::{Change, DbVersion, SiteId, Value as Val, pack_columns};
 use serde_json::{Value, json};
 
 mod common;
-use common::{NodeProcess, free_port};
+use common::{NodeProcess, free_port, rss_kib};
 
 struct Node {
-    _process: NodeProcess,
+    process: NodeProcess,
     http: u16,
+}
+
+impl Node {
+    fn peak_rss_mib(&self) -> f64 {
+        rss_kib(self.process.0.id(), "VmHWM:") as f64 / 1024.0
+    }
+}
+
+/// `count` completed todos as another replica (site 0x42) pushes them, 9,000 changes a push.
+fn completed_todos(count: usize) -> Vec<Vec<Change>> {
+    let changes: Vec<Change> = (0..count)
+        .flat_map(|i| {
+            let pk = pack_columns(&[Val::Text(format!("bulk-{i:06}"))]).expect("pk");
+            [
+                ("title", Val::Text(format!("bulk todo {i}"))),
+                ("completed", Val::Integer(1)),
+                ("created_at", Val::Integer(i as i64)),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(move |(seq, (cid, val))| Change {
+                table: "todos".into(),
+                pk: pk.clone(),
+                cid: cid.into(),
+                val,
+                col_version: 1,
+                db_version: DbVersion(i as u64 + 1),
+                site_id: SiteId([0x42; 16]),
+                cl: 1,
+                seq: seq as i64,
+            })
+        })
+        .collect();
+    changes.chunks(9_000).map(<[Change]>::to_vec).collect()
 }
 
 fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -> Node {
@@ -34,7 +74,7 @@ fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -
         cmd.env("BOOTSTRAP_PEERS", b);
     }
     Node {
-        _process: NodeProcess(cmd.spawn().expect("start todo-node")),
+        process: NodeProcess(cmd.spawn().expect("start todo-node")),
         http,
     }
 }
@@ -65,6 +105,7 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main]
 async fn main() {
     let mut changes_target = 100_000usize;
+    let mut bulk = 50_000usize;
     let (mut save, mut compare) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -75,6 +116,7 @@ async fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(changes_target)
             }
+            "--bulk" => bulk = args.next().and_then(|v| v.parse().ok()).unwrap_or(bulk),
             "--save" => save = args.next(),
             "--compare" => compare = args.next(),
             _ => {}
@@ -162,6 +204,40 @@ async fn main() {
     })
     .await;
     let catch_up = catch_up_started.elapsed();
+    let catch_up_rss = (a.peak_rss_mib(), b.peak_rss_mib());
+
+    // 3. A bulk clear: one click on A, `bulk` todos deleted, until B holds none.
+    for batch in completed_todos(bulk) {
+        let r = client
+            .post(format!("http://127.0.0.1:{}/api/changes", a.http))
+            .json(&json!({ "changes": batch }))
+            .send()
+            .await
+            .expect("push");
+        assert_eq!(r.status(), 200, "bulk push");
+    }
+    let with_bulk = a_todos + bulk as i64;
+    wait_until(
+        "b holds the bulk todos",
+        Duration::from_secs(600),
+        async || health(&client, &b).await.and_then(|h| h["todos"].as_i64()) == Some(with_bulk),
+    )
+    .await;
+    let clear_started = Instant::now();
+    let r = client
+        .post(format!("http://127.0.0.1:{}/todos/clear-completed", a.http))
+        .form(&[("return_to", "/")])
+        .send()
+        .await
+        .expect("clear");
+    assert_eq!(r.status(), 303);
+    let clear_on_a = clear_started.elapsed();
+    wait_until("b has the clear", Duration::from_secs(300), async || {
+        health(&client, &b).await.and_then(|h| h["todos"].as_i64()) == Some(a_todos)
+    })
+    .await;
+    let bulk_clear = clear_started.elapsed();
+    let bulk_rss = (a.peak_rss_mib(), b.peak_rss_mib());
     drop(b);
     drop(a);
 
@@ -174,6 +250,13 @@ async fn main() {
         "catch_up_secs": catch_up.as_secs_f64(),
         "catch_up_changes_per_sec": missed / catch_up.as_secs_f64(),
         "seed_writes_per_sec": (per_worker * 16) as f64 / seeded.as_secs_f64(),
+        "catch_up_peak_rss_a_mib": catch_up_rss.0,
+        "catch_up_peak_rss_b_mib": catch_up_rss.1,
+        "bulk_cleared_todos": bulk as f64,
+        "bulk_clear_on_a_secs": clear_on_a.as_secs_f64(),
+        "bulk_clear_reaches_b_secs": bulk_clear.as_secs_f64(),
+        "bulk_peak_rss_a_mib": bulk_rss.0,
+        "bulk_peak_rss_b_mib": bulk_rss.1,
     });
     common::report(
         "replication between two nodes on loopback",
@@ -186,6 +269,13 @@ async fn main() {
             "catch_up_secs",
             "catch_up_changes_per_sec",
             "seed_writes_per_sec",
+            "catch_up_peak_rss_a_mib",
+            "catch_up_peak_rss_b_mib",
+            "bulk_cleared_todos",
+            "bulk_clear_on_a_secs",
+            "bulk_clear_reaches_b_secs",
+            "bulk_peak_rss_a_mib",
+            "bulk_peak_rss_b_mib",
         ],
         save.as_deref(),
         compare.as_deref(),
