@@ -26,6 +26,7 @@
 //! Database work runs on the blocking pool; results come back to the loop as `Done` messages,
 //! so the swarm is never stalled by SQLite.
 
+mod backoff;
 pub mod protocol;
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RelayAddr};
 use crate::db::{Store, Watermark};
+use backoff::Backoff;
 use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 
 /// Changes per sync page: large enough that catching up 100,000 changes takes few round trips,
@@ -60,9 +62,6 @@ use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 const SYNC_PAGE_CHANGES: u32 = 5_000;
 /// How long a peer that sent hostile input is refused.
 const BAN_DURATION: Duration = Duration::from_secs(60);
-/// Redial backoff for bootstrap peers, and for asking a relay for a reservation again:
-/// doubles from the first value up to the second.
-const REDIAL_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 /// Bounded queues: commands from the HTTP side, and results of database work.
 const COMMAND_QUEUE: usize = 64;
 const DONE_QUEUE: usize = 256;
@@ -223,7 +222,7 @@ struct PeerState {
 struct Redial {
     addr: Multiaddr,
     next_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// A relay of RELAY_ADDRS and the node's reservation on it.
@@ -234,7 +233,7 @@ impl RelayState {
             listener: None,
             reserved: false,
             next_at: now,
-            backoff: REDIAL_BACKOFF.0,
+            backoff: Backoff::new(),
             last_error: None,
         }
     }
@@ -246,7 +245,7 @@ struct RelayState {
     listener: Option<ListenerId>,
     reserved: bool,
     next_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     last_error: Option<String>,
 }
 
@@ -357,7 +356,7 @@ pub fn start(
                 Redial {
                     addr: addr.clone(),
                     next_at: now,
-                    backoff: REDIAL_BACKOFF.0,
+                    backoff: Backoff::new(),
                 },
             ))
         })
@@ -440,7 +439,7 @@ async fn resolve_relay(url: String, commands: mpsc::Sender<Command>, shutdown: C
         tracing::error!(%url, "cannot make an HTTP client to ask the relay for its addresses");
         return;
     };
-    let mut backoff = REDIAL_BACKOFF.0;
+    let mut backoff = Backoff::new();
     loop {
         let answer = async {
             let response = client.get(format!("{url}/addrs")).send().await?;
@@ -460,9 +459,8 @@ async fn resolve_relay(url: String, commands: mpsc::Sender<Command>, shutdown: C
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        backoff = (backoff * 2).min(REDIAL_BACKOFF.1);
     }
 }
 
@@ -702,8 +700,7 @@ impl EventLoop {
                 tracing::warn!(%peer, %addr, %error, "dial failed");
             }
             if let Some(r) = self.redials.get_mut(&peer) {
-                r.next_at = now + r.backoff;
-                r.backoff = (r.backoff * 2).min(REDIAL_BACKOFF.1);
+                r.next_at = now + r.backoff.next_delay();
             }
         }
         let due: Vec<PeerId> = self
@@ -739,8 +736,7 @@ impl EventLoop {
                 Err(error) => {
                     tracing::warn!(relay = %peer, addr = %relay.addr, %error, "cannot listen through the relay");
                     relay.last_error = Some(error.to_string());
-                    relay.next_at = now + relay.backoff;
-                    relay.backoff = (relay.backoff * 2).min(REDIAL_BACKOFF.1);
+                    relay.next_at = now + relay.backoff.next_delay();
                 }
             }
         }
@@ -759,9 +755,9 @@ impl EventLoop {
         let was_reserved = relay.reserved;
         relay.listener = None;
         relay.reserved = false;
-        relay.next_at = Instant::now() + relay.backoff;
-        let retry_secs = relay.backoff.as_secs_f64();
-        relay.backoff = (relay.backoff * 2).min(REDIAL_BACKOFF.1);
+        let retry = relay.backoff.next_delay();
+        relay.next_at = Instant::now() + retry;
+        let retry_secs = retry.as_secs_f64();
         relay.last_error = Some(
             error
                 .clone()
@@ -818,7 +814,7 @@ impl EventLoop {
                     .connections
                     .insert(connection_id, (addr.clone(), relayed));
                 if let Some(r) = self.redials.get_mut(&peer_id) {
-                    r.backoff = REDIAL_BACKOFF.0;
+                    r.backoff.reset();
                 }
                 if state.accepted {
                     tracing::info!(%peer_id, %addr, relayed, "another connection to a peer");
@@ -842,7 +838,7 @@ impl EventLoop {
                         tracing::info!(%peer_id, node = ?p.node_name, "peer disconnected");
                     }
                     if let Some(r) = self.redials.get_mut(&peer_id) {
-                        r.next_at = Instant::now() + r.backoff;
+                        r.next_at = Instant::now() + r.backoff.delay();
                     }
                 }
             }
@@ -887,7 +883,7 @@ impl EventLoop {
             }) => {
                 if let Some(relay) = self.relays.get_mut(&relay_peer_id) {
                     relay.reserved = true;
-                    relay.backoff = REDIAL_BACKOFF.0;
+                    relay.backoff.reset();
                     relay.last_error = None;
                 }
                 if renewal {
