@@ -95,8 +95,8 @@ pub struct Behaviour {
 pub struct PeerInfo {
     pub peer_id: String,
     pub addresses: Vec<String>,
-    /// "direct" when at least one connection is direct, else "relayed" (through a relay).
-    pub connection: &'static str,
+    /// Direct when at least one connection is direct, else relayed (through a relay).
+    pub connection: ConnectionKind,
     pub direct_connections: usize,
     pub relayed_connections: usize,
     pub site_id: Option<String>,
@@ -108,14 +108,33 @@ pub struct PeerInfo {
     pub watermark: Option<u64>,
 }
 
+/// How a peer is connected, as /api/peers says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Direct,
+    /// Only through a relay's circuit.
+    Relayed,
+}
+
+/// The state of this node's reservation on a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reservation {
+    /// Others can reach this node through the relay.
+    Active,
+    /// Asked for, not granted yet.
+    Pending,
+    /// Waiting to ask again.
+    None,
+}
+
 /// What /api/peers shows of a configured relay.
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayInfo {
     pub peer_id: String,
     pub addr: String,
-    /// "active" (others can reach this node through the relay), "pending" (asked) or "none"
-    /// (waiting to ask again).
-    pub reservation: &'static str,
+    pub reservation: Reservation,
     pub connected: bool,
     /// Why the last reservation ended or failed, if it did.
     pub last_error: Option<String>,
@@ -648,7 +667,11 @@ impl EventLoop {
                         PeerInfo {
                             peer_id: id.to_string(),
                             addresses: p.connections.values().map(|(a, _)| a.to_string()).collect(),
-                            connection: if direct > 0 { "direct" } else { "relayed" },
+                            connection: if direct > 0 {
+                                ConnectionKind::Direct
+                            } else {
+                                ConnectionKind::Relayed
+                            },
                             direct_connections: direct,
                             relayed_connections: relayed,
                             site_id: p.site.map(|s| s.to_string()),
@@ -666,9 +689,9 @@ impl EventLoop {
                         peer_id: id.to_string(),
                         addr: r.addr.to_string(),
                         reservation: match (r.reserved, r.listener.is_some()) {
-                            (true, _) => "active",
-                            (false, true) => "pending",
-                            (false, false) => "none",
+                            (true, _) => Reservation::Active,
+                            (false, true) => Reservation::Pending,
+                            (false, false) => Reservation::None,
                         },
                         connected: self.swarm.is_connected(id),
                         last_error: r.last_error.clone(),

@@ -38,7 +38,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonE
         relay_reservations: net
             .relays
             .iter()
-            .filter(|r| r.reservation == "active")
+            .filter(|r| r.reservation == crate::net::Reservation::Active)
             .count(),
         relays: net.relays.len(),
         status: "ok",
