@@ -14,8 +14,11 @@ use libp2p::StreamProtocol;
 
 /// Envelope version of every message below.
 const WIRE_V1: u8 = 1;
-/// Largest sync message read from a stream: a full page with the longest titles fits.
+/// Largest sync response read from a stream: a full page with the longest titles fits.
 pub const MAX_SYNC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// A sync request is exactly this long (version, site id, since, max_changes); a longer frame
+/// is refused before anything is allocated for it.
+pub const SYNC_REQUEST_BYTES: usize = 1 + 16 + 8 + 4;
 
 /// New local changes: one committed transaction (one db_version) of the publishing node.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,14 +140,15 @@ pub fn sync_protocol(service_name: &str) -> StreamProtocol {
         .unwrap_or(StreamProtocol::new("/todo-hybrid/sync/1"))
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+/// Reads one length-prefixed frame of at most `limit` bytes.
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_SYNC_MESSAGE_BYTES {
+    if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("sync message of {len} bytes is over the {MAX_SYNC_MESSAGE_BYTES}-byte limit"),
+            format!("sync message of {len} bytes is over the {limit}-byte limit"),
         ));
     }
     let mut buf = vec![0u8; len];
@@ -173,14 +177,14 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_request(&read_frame(io).await?).map_err(invalid)
+        decode_request(&read_frame(io, SYNC_REQUEST_BYTES).await?).map_err(invalid)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_frame(io).await?).map_err(invalid)
+        decode_response(&read_frame(io, MAX_SYNC_MESSAGE_BYTES).await?).map_err(invalid)
     }
 
     async fn write_request<T>(
@@ -211,6 +215,7 @@ impl libp2p::request_response::Codec for SyncCodec {
 #[cfg(test)]
 mod tests {
     use changeset::{Value, pack_columns};
+    use libp2p::request_response::Codec;
 
     use super::*;
 
@@ -256,6 +261,27 @@ mod tests {
             decode_response(&encode_response(&response)).expect("response"),
             response
         );
+    }
+
+    /// A request frame claiming more than a request's size is refused before its body is
+    /// read or anything allocated for it (it used to be accepted up to 32 MiB).
+    #[test]
+    fn an_oversized_request_frame_is_refused_unread() {
+        let mut frame = (64u32 * 1024 * 1024).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 64]);
+        let mut io = futures::io::Cursor::new(frame);
+        let error = futures::executor::block_on(
+            SyncCodec.read_request(&sync_protocol("todo-hybrid"), &mut io),
+        )
+        .expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(io.position(), 4, "only the length was read");
+        let exact = encode_request(&SyncRequest {
+            requester: SiteId([1; 16]),
+            since: DbVersion(3),
+            max_changes: 10,
+        });
+        assert_eq!(exact.len(), SYNC_REQUEST_BYTES);
     }
 
     #[test]
