@@ -114,7 +114,7 @@ impl Replica {
         site.copy_from_slice(r.take(16)?);
         let mut replica = Replica::new(SiteId(site), schema);
         replica.set_merge_equal_values(r.byte()? != 0);
-        for _ in 0..r.count()? {
+        for _ in 0..r.count("tables", 1, usize::MAX)? {
             let name = r.string()?;
             let table = replica
                 .schema()
@@ -122,12 +122,12 @@ impl Replica {
                 .find(|t| t.name == name)
                 .cloned()
                 .ok_or_else(|| SnapshotError::UnknownTable(name.clone()))?;
-            for _ in 0..r.count()? {
+            for _ in 0..r.count("rows", 1, usize::MAX)? {
                 let pk = r.bytes()?.to_vec();
                 let pk_values =
                     unpack_columns(&pk).map_err(|e| SnapshotError::Pk(e.to_string()))?;
                 let values = if r.byte()? == 1 {
-                    let n = r.count()?;
+                    let n = r.count("values", 1, usize::MAX)?;
                     let mut values = Vec::with_capacity(n);
                     for _ in 0..n {
                         values.push(r.value()?);
@@ -149,7 +149,7 @@ impl Replica {
                     None
                 };
                 let mut clocks = Vec::new();
-                for _ in 0..r.count()? {
+                for _ in 0..r.count("clocks", 1, usize::MAX)? {
                     let cid = r.string()?;
                     if !table.columns.iter().any(|c| c.name == cid) {
                         return Err(SnapshotError::UnknownColumn {

@@ -10,13 +10,24 @@
 //! bytes   := len:varint, raw
 //! ```
 //! Names and sites repeat in almost every change of a batch, so they are sent once. Decoding
-//! checks every length against what is left, so a hostile batch cannot make it allocate more
-//! than its own size.
+//! checks every count against what is left of the input (each item takes at least its smallest
+//! encoding) and against the limits below, and names are short, so what a hostile batch makes
+//! the decoder allocate is bounded: about its own size, plus at most
+//! `MAX_CHANGES_PER_BATCH` × (a `Change` and two names) — a few MiB.
 
 use crate::change::Change;
 use crate::value::{DbVersion, SiteId, Value};
 
 const VERSION_1: u8 = 1;
+/// Longest table or column name: names are copied into every change that uses them, so their
+/// length bounds how much a small batch can make the decoder allocate. SQL identifiers of this
+/// app are a few bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most distinct names one batch may carry (tables and columns).
+pub const MAX_NAMES: usize = 1_024;
+/// The smallest encoding of one change: nine one-byte fields (indexes, pk length, value tag,
+/// counters).
+const MIN_CHANGE_BYTES: usize = 9;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -36,6 +47,14 @@ pub enum WireError {
     ValueTag(u8),
     #[error("{0} bytes left over after the batch")]
     Trailing(usize),
+    #[error("batch declares {count} {what}, over the limit of {limit}")]
+    TooMany {
+        what: &'static str,
+        count: u64,
+        limit: usize,
+    },
+    #[error("a name of {0} bytes is over the limit of {MAX_NAME_BYTES}")]
+    NameTooLong(usize),
 }
 
 pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
@@ -108,19 +127,23 @@ pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>, WireError> {
         VERSION_1 => {}
         v => return Err(WireError::Version(v)),
     }
-    let n = r.count()?;
+    let n = r.count("names", 1, MAX_NAMES)?;
     let mut strings = Vec::with_capacity(n);
     for _ in 0..n {
-        strings.push(r.string()?);
+        let name = r.string()?;
+        if name.len() > MAX_NAME_BYTES {
+            return Err(WireError::NameTooLong(name.len()));
+        }
+        strings.push(name);
     }
-    let n = r.count()?;
+    let n = r.count("sites", 16, crate::MAX_CHANGES_PER_BATCH)?;
     let mut sites = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = [0u8; 16];
         s.copy_from_slice(r.take(16)?);
         sites.push(SiteId(s));
     }
-    let n = r.count()?;
+    let n = r.count("changes", MIN_CHANGE_BYTES, crate::MAX_CHANGES_PER_BATCH)?;
     let mut changes = Vec::with_capacity(n);
     for _ in 0..n {
         let table = pick(&strings, r.varint()?)?.clone();
@@ -210,13 +233,27 @@ impl<'a> Reader<'a> {
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    /// A count of items that each take at least one byte: never more than the bytes left.
-    pub(crate) fn count(&mut self) -> Result<usize, WireError> {
+    /// A count of items that each take at least `min_bytes`: never more than the bytes left
+    /// could hold, nor more than `limit`.
+    pub(crate) fn count(
+        &mut self,
+        what: &'static str,
+        min_bytes: usize,
+        limit: usize,
+    ) -> Result<usize, WireError> {
         let n = self.varint()?;
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= self.0.len())
-            .ok_or(WireError::Truncated)
+        let count = usize::try_from(n).map_err(|_| WireError::Truncated)?;
+        if count > limit {
+            return Err(WireError::TooMany {
+                what,
+                count: n,
+                limit,
+            });
+        }
+        if count > self.0.len() / min_bytes.max(1) {
+            return Err(WireError::Truncated);
+        }
+        Ok(count)
     }
 
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8], WireError> {
@@ -301,9 +338,10 @@ mod tests {
         future[0] = 9;
         assert_eq!(decode_changes(&future), Err(WireError::Version(9)));
         // A count far beyond the bytes present must not allocate.
-        assert_eq!(
+        assert!(matches!(
             decode_changes(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
-            Err(WireError::Truncated)
-        );
+            Err(WireError::TooMany { what: "names", .. })
+        ));
+        assert_eq!(decode_changes(&[1, 0x05, 0, 0]), Err(WireError::Truncated));
     }
 }
