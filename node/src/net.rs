@@ -59,7 +59,7 @@ use protocol::{GossipMessage, SyncCodec, SyncRequest, SyncResponse};
 
 /// Changes per sync page: large enough that catching up 100,000 changes takes few round trips,
 /// small enough that one page is a few MiB and one SQLite transaction of well under a second.
-const SYNC_PAGE_CHANGES: u32 = 5_000;
+const SYNC_PAGE_CHANGES: usize = 5_000;
 /// How long a peer that sent hostile input is refused.
 const BAN_DURATION: Duration = Duration::from_secs(60);
 /// Bounded queues: commands from the HTTP side, and results of database work.
@@ -1005,7 +1005,10 @@ impl EventLoop {
         let request = SyncRequest {
             requester: self.site,
             since,
-            max_changes: SYNC_PAGE_CHANGES,
+            limits: changeset::PageLimits {
+                max_changes: SYNC_PAGE_CHANGES,
+                ..changeset::PageLimits::default()
+            },
         };
         let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
         if let Some(state) = self.peers.get_mut(&peer) {
@@ -1030,13 +1033,16 @@ impl EventLoop {
                         return;
                     };
                     let site = self.site;
-                    let max = (request.max_changes as usize).min(changeset::MAX_CHANGES_PER_BATCH);
+                    let max = request
+                        .limits
+                        .max_changes
+                        .min(changeset::MAX_CHANGES_PER_BATCH);
                     self.spawn_db(move |store| {
                         let _slot = slot;
                         let response = store
                             .sync_page(request.since, request.requester, max)
                             .map(|(page, up_to)| SyncResponse {
-                                site_id: site,
+                                source: site,
                                 changes: page.changes,
                                 up_to,
                                 more: page.more,
@@ -1080,14 +1086,14 @@ impl EventLoop {
             return;
         }
         state.syncing = None;
-        if state.site.is_some_and(|s| s != response.site_id) {
+        if state.site.is_some_and(|s| s != response.source) {
             self.penalise(
                 peer,
                 "sync response from a site other than the one it identified as",
             );
             return;
         }
-        state.site = Some(response.site_id);
+        state.site = Some(response.source);
         let checked = changeset::validate(&response.changes).and_then(|()| {
             changeset::validate::page_up_to(&response.changes, response.up_to, response.more)
         });
@@ -1096,7 +1102,7 @@ impl EventLoop {
             return;
         }
         let started = state.round_started.unwrap_or_else(Instant::now);
-        let site = response.site_id;
+        let site = response.source;
         let count = response.changes.len();
         let (more, up_to) = (response.more, response.up_to);
         let watermark = Watermark {

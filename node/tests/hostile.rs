@@ -122,7 +122,7 @@ async fn attack(attack: Attack) {
                 ..
             })) if attack == Attack::PoisonedSyncPage => {
                 let page = SyncResponse {
-                    site_id: SiteId([0xEE; 16]),
+                    source: SiteId([0xEE; 16]),
                     changes: vec![
                         change("rogue-1", "title", Value::Text("smuggled".into())),
                         change("rogue-1", "is_admin", Value::Integer(1)),
@@ -222,7 +222,7 @@ async fn a_peer_claiming_another_nodes_site_cannot_stop_catch_up_from_it() {
             })) = rogue.select_next_some().await
             {
                 let forged = SyncResponse {
-                    site_id: b_site,
+                    source: b_site,
                     changes: vec![],
                     up_to: DbVersion(MAX_COUNTER as u64),
                     more: false,

@@ -183,6 +183,123 @@ impl Replica {
     }
 }
 
+/// The byte form of sync messages, as nodes send them over libp2p (wire version 1):
+///
+/// ```text
+/// request := version:u8 (=1), requester:[u8; 16], since:u64 BE, max_changes:u32 BE
+/// page    := version:u8 (=1), source:[u8; 16], up_to:u64 BE, more:u8, batch (crate::wire)
+/// ```
+pub mod wire {
+    use super::{Page, PageLimits, Request};
+    use crate::value::{DbVersion, SiteId};
+    use crate::wire::{WireError, decode_changes, encode_changes};
+
+    const VERSION_1: u8 = 1;
+    /// A request is exactly this long; a longer frame is refused before it is read.
+    pub const REQUEST_BYTES: usize = 1 + 16 + 8 + 4;
+    /// The largest page read: a full page with the longest titles fits.
+    pub const MAX_PAGE_BYTES: usize = 32 * 1024 * 1024;
+    const PAGE_HEADER_BYTES: usize = 1 + 16 + 8 + 1;
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum SyncWireError {
+        #[error("empty message")]
+        Empty,
+        #[error("wire version {0} is not supported (this build speaks {VERSION_1})")]
+        Version(u8),
+        #[error("a {what} of {len} bytes, expected {expected}")]
+        Length {
+            what: &'static str,
+            len: usize,
+            expected: &'static str,
+        },
+        #[error("change batch: {0}")]
+        Changes(#[from] WireError),
+    }
+
+    pub fn encode_request(r: &Request) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REQUEST_BYTES);
+        out.push(VERSION_1);
+        out.extend_from_slice(&r.requester.0);
+        out.extend_from_slice(&r.since.0.to_be_bytes());
+        let max = u32::try_from(r.limits.max_changes).unwrap_or(u32::MAX);
+        out.extend_from_slice(&max.to_be_bytes());
+        out
+    }
+
+    /// A request; its byte limit is not on the wire and reads as the default.
+    pub fn decode_request(bytes: &[u8]) -> Result<Request, SyncWireError> {
+        let body = strip_version(bytes)?;
+        let (Some(site), Some(since), Some(max), true) = (
+            body.get(..16),
+            body.get(16..24),
+            body.get(24..28),
+            body.len() == REQUEST_BYTES - 1,
+        ) else {
+            return Err(SyncWireError::Length {
+                what: "request",
+                len: bytes.len(),
+                expected: "29",
+            });
+        };
+        let mut requester = [0; 16];
+        requester.copy_from_slice(site);
+        let mut since_bytes = [0; 8];
+        since_bytes.copy_from_slice(since);
+        let mut max_bytes = [0; 4];
+        max_bytes.copy_from_slice(max);
+        Ok(Request {
+            requester: SiteId(requester),
+            since: DbVersion(u64::from_be_bytes(since_bytes)),
+            limits: PageLimits {
+                max_changes: u32::from_be_bytes(max_bytes) as usize,
+                ..PageLimits::default()
+            },
+        })
+    }
+
+    pub fn encode_page(p: &Page) -> Vec<u8> {
+        let mut out = vec![VERSION_1];
+        out.extend_from_slice(&p.source.0);
+        out.extend_from_slice(&p.up_to.0.to_be_bytes());
+        out.push(u8::from(p.more));
+        out.extend(encode_changes(&p.changes));
+        out
+    }
+
+    pub fn decode_page(bytes: &[u8]) -> Result<Page, SyncWireError> {
+        let body = strip_version(bytes)?;
+        if bytes.len() < PAGE_HEADER_BYTES || bytes.len() > MAX_PAGE_BYTES {
+            return Err(SyncWireError::Length {
+                what: "page",
+                len: bytes.len(),
+                expected: "26 to 32 MiB",
+            });
+        }
+        let (site, rest) = body.split_at(16);
+        let (up_to, rest) = rest.split_at(8);
+        let (more, changes) = rest.split_at(1);
+        let mut source = [0; 16];
+        source.copy_from_slice(site);
+        let mut up_to_bytes = [0; 8];
+        up_to_bytes.copy_from_slice(up_to);
+        Ok(Page {
+            source: SiteId(source),
+            up_to: DbVersion(u64::from_be_bytes(up_to_bytes)),
+            more: more[0] != 0,
+            changes: decode_changes(changes)?,
+        })
+    }
+
+    fn strip_version(bytes: &[u8]) -> Result<&[u8], SyncWireError> {
+        match bytes.split_first() {
+            None => Err(SyncWireError::Empty),
+            Some((&VERSION_1, body)) => Ok(body),
+            Some((&v, _)) => Err(SyncWireError::Version(v)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +374,40 @@ mod tests {
         let result: Result<bool, &str> = state.receive(&page, |_| Err("disk full"));
         assert_eq!(result, Err("disk full"));
         assert_eq!(state.watermark(a.site_id()), DbVersion(0));
+    }
+
+    #[test]
+    fn sync_messages_round_trip_and_damage_is_an_error() {
+        let request = Request {
+            requester: SiteId([9; 16]),
+            since: DbVersion(u64::MAX - 1),
+            limits: PageLimits {
+                max_changes: 5_000,
+                ..PageLimits::default()
+            },
+        };
+        let bytes = wire::encode_request(&request);
+        assert_eq!(bytes.len(), wire::REQUEST_BYTES);
+        assert_eq!(wire::decode_request(&bytes), Ok(request));
+        let a = replica(1, 2);
+        let page = a.serve(&request_from_zero());
+        let bytes = wire::encode_page(&page);
+        assert_eq!(wire::decode_page(&bytes), Ok(page));
+        for cut in 0..bytes.len() {
+            assert!(wire::decode_page(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(
+            wire::decode_request(&[2; 29]),
+            Err(wire::SyncWireError::Version(2))
+        );
+        assert!(wire::decode_request(&[1; 30]).is_err());
+    }
+
+    fn request_from_zero() -> Request {
+        Request {
+            requester: SiteId([2; 16]),
+            since: DbVersion(0),
+            limits: PageLimits::default(),
+        }
     }
 }

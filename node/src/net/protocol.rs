@@ -8,42 +8,25 @@
 
 use std::io;
 
-use changeset::{Change, DbVersion, SiteId};
+use changeset::Change;
+use changeset::sync::wire as sync_wire;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 /// Envelope version of every message below.
 const WIRE_V1: u8 = 1;
-/// Largest sync response read from a stream: a full page with the longest titles fits.
-pub const MAX_SYNC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
-/// A sync request is exactly this long (version, site id, since, max_changes); a longer frame
-/// is refused before anything is allocated for it.
-pub const SYNC_REQUEST_BYTES: usize = 1 + 16 + 8 + 4;
+pub use changeset::sync::wire::{MAX_PAGE_BYTES, REQUEST_BYTES};
+/// "Send me your changes above `since` that did not originate at `requester`": the
+/// runtime-free crate's sync request, the same one the browser peer speaks.
+pub type SyncRequest = changeset::Request;
+/// One page of the responder's changes: `source` is its site id, `up_to` the asker's next
+/// watermark once applied, `more` whether to ask again from there.
+pub type SyncResponse = changeset::Page;
 
 /// New local changes: one committed transaction (one db_version) of the publishing node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GossipMessage {
     pub changes: Vec<Change>,
-}
-
-/// "Send me your changes above `since` that did not originate at `requester`."
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncRequest {
-    pub requester: SiteId,
-    pub since: DbVersion,
-    pub max_changes: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncResponse {
-    /// The responder's site id: the watermark is kept per source site.
-    pub site_id: SiteId,
-    pub changes: Vec<Change>,
-    /// Everything of the responder up to this db_version is in this and earlier pages: the
-    /// asker's new watermark once it has applied the page.
-    pub up_to: DbVersion,
-    /// More pages follow: ask again with `since = up_to`.
-    pub more: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +35,6 @@ pub enum DecodeError {
     Empty,
     #[error("wire version {0} is not supported (this node speaks {WIRE_V1})")]
     Version(u8),
-    #[error("message truncated")]
-    Truncated,
     #[error("change batch: {0}")]
     Changes(#[from] changeset::WireError),
 }
@@ -68,57 +49,6 @@ pub fn decode_gossip(bytes: &[u8]) -> Result<GossipMessage, DecodeError> {
     let body = strip_version(bytes)?;
     Ok(GossipMessage {
         changes: changeset::decode_changes(body)?,
-    })
-}
-
-pub fn encode_request(r: &SyncRequest) -> Vec<u8> {
-    let mut out = vec![WIRE_V1];
-    out.extend_from_slice(&r.requester.0);
-    out.extend_from_slice(&r.since.0.to_be_bytes());
-    out.extend_from_slice(&r.max_changes.to_be_bytes());
-    out
-}
-
-pub fn decode_request(bytes: &[u8]) -> Result<SyncRequest, DecodeError> {
-    let body = strip_version(bytes)?;
-    if body.len() != 16 + 8 + 4 {
-        return Err(DecodeError::Truncated);
-    }
-    let (site, rest) = body.split_at(16);
-    let (since, max) = rest.split_at(8);
-    Ok(SyncRequest {
-        requester: SiteId(site.try_into().map_err(|_| DecodeError::Truncated)?),
-        since: DbVersion(u64::from_be_bytes(
-            since.try_into().map_err(|_| DecodeError::Truncated)?,
-        )),
-        max_changes: u32::from_be_bytes(max.try_into().map_err(|_| DecodeError::Truncated)?),
-    })
-}
-
-pub fn encode_response(r: &SyncResponse) -> Vec<u8> {
-    let mut out = vec![WIRE_V1];
-    out.extend_from_slice(&r.site_id.0);
-    out.extend_from_slice(&r.up_to.0.to_be_bytes());
-    out.push(u8::from(r.more));
-    out.extend(changeset::encode_changes(&r.changes));
-    out
-}
-
-pub fn decode_response(bytes: &[u8]) -> Result<SyncResponse, DecodeError> {
-    let body = strip_version(bytes)?;
-    if body.len() < 16 + 8 + 1 {
-        return Err(DecodeError::Truncated);
-    }
-    let (site, rest) = body.split_at(16);
-    let (up_to, rest) = rest.split_at(8);
-    let (more, changes) = rest.split_at(1);
-    Ok(SyncResponse {
-        site_id: SiteId(site.try_into().map_err(|_| DecodeError::Truncated)?),
-        up_to: DbVersion(u64::from_be_bytes(
-            up_to.try_into().map_err(|_| DecodeError::Truncated)?,
-        )),
-        more: more[0] != 0,
-        changes: changeset::decode_changes(changes)?,
     })
 }
 
@@ -164,7 +94,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> 
     io.close().await
 }
 
-fn invalid(e: DecodeError) -> io::Error {
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
@@ -177,14 +107,14 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_request(&read_frame(io, SYNC_REQUEST_BYTES).await?).map_err(invalid)
+        sync_wire::decode_request(&read_frame(io, REQUEST_BYTES).await?).map_err(invalid)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_frame(io, MAX_SYNC_MESSAGE_BYTES).await?).map_err(invalid)
+        sync_wire::decode_page(&read_frame(io, MAX_PAGE_BYTES).await?).map_err(invalid)
     }
 
     async fn write_request<T>(
@@ -196,7 +126,7 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &encode_request(&req)).await
+        write_frame(io, &sync_wire::encode_request(&req)).await
     }
 
     async fn write_response<T>(
@@ -208,13 +138,13 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &encode_response(&res)).await
+        write_frame(io, &sync_wire::encode_page(&res)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use changeset::{Value, pack_columns};
+    use changeset::{DbVersion, PageLimits, SiteId, Value, pack_columns};
     use libp2p::request_response::Codec;
 
     use super::*;
@@ -234,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_round_trip() {
+    fn gossip_round_trips() {
         let gossip = GossipMessage {
             changes: vec![change("a"), change("b")],
         };
@@ -242,25 +172,34 @@ mod tests {
             decode_gossip(&encode_gossip(&gossip)).expect("gossip"),
             gossip
         );
+    }
+
+    /// The codec carries the runtime-free crate's messages in the bytes deployed nodes send.
+    #[test]
+    fn sync_messages_keep_their_wire_form() {
         let request = SyncRequest {
             requester: SiteId([9; 16]),
-            since: DbVersion(u64::MAX - 1),
-            max_changes: 5_000,
+            since: DbVersion(0x0102),
+            limits: PageLimits {
+                max_changes: 5_000,
+                ..PageLimits::default()
+            },
         };
-        assert_eq!(
-            decode_request(&encode_request(&request)).expect("request"),
-            request
-        );
-        let response = SyncResponse {
-            site_id: SiteId([4; 16]),
+        let mut expected = vec![1];
+        expected.extend_from_slice(&[9; 16]);
+        expected.extend_from_slice(&0x0102u64.to_be_bytes());
+        expected.extend_from_slice(&5_000u32.to_be_bytes());
+        assert_eq!(sync_wire::encode_request(&request), expected);
+        let page = SyncResponse {
+            source: SiteId([4; 16]),
             changes: vec![change("c")],
             up_to: DbVersion(7),
             more: true,
         };
-        assert_eq!(
-            decode_response(&encode_response(&response)).expect("response"),
-            response
-        );
+        let bytes = sync_wire::encode_page(&page);
+        assert_eq!(&bytes[..17], &[[1u8].as_slice(), &[4; 16]].concat()[..]);
+        assert_eq!(&bytes[26..], changeset::encode_changes(&page.changes));
+        assert_eq!(sync_wire::decode_page(&bytes), Ok(page));
     }
 
     /// A request frame claiming more than a request's size is refused before its body is
@@ -276,12 +215,6 @@ mod tests {
         .expect_err("refused");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert_eq!(io.position(), 4, "only the length was read");
-        let exact = encode_request(&SyncRequest {
-            requester: SiteId([1; 16]),
-            since: DbVersion(3),
-            max_changes: 10,
-        });
-        assert_eq!(exact.len(), SYNC_REQUEST_BYTES);
     }
 
     #[test]
@@ -295,18 +228,5 @@ mod tests {
             decode_gossip(&[1, 0xFF]),
             Err(DecodeError::Changes(_))
         ));
-        assert!(matches!(
-            decode_request(&[1, 0, 0]),
-            Err(DecodeError::Truncated)
-        ));
-        let bytes = encode_response(&SyncResponse {
-            site_id: SiteId([4; 16]),
-            changes: vec![change("c")],
-            up_to: DbVersion(7),
-            more: false,
-        });
-        for cut in 1..bytes.len() {
-            assert!(decode_response(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
     }
 }
