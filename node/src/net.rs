@@ -238,10 +238,13 @@ struct PeerState {
     watermark: Option<DbVersion>,
 }
 
+/// A peer to dial again, with backoff, while not connected: a bootstrap peer (for ever), or one
+/// found by mDNS (until its mDNS record expires, or it turns out to be of another deployment).
 struct Redial {
     addr: Multiaddr,
     next_at: Instant,
     backoff: Backoff,
+    from_mdns: bool,
 }
 
 /// A relay of RELAY_ADDRS and the node's reservation on it.
@@ -376,6 +379,7 @@ pub fn start(
                     addr: addr.clone(),
                     next_at: now,
                     backoff: Backoff::new(),
+                    from_mdns: false,
                 },
             ))
         })
@@ -714,11 +718,15 @@ impl EventLoop {
         let due: Vec<(PeerId, Multiaddr)> = self
             .redials
             .iter()
-            .filter(|(peer, r)| r.next_at <= now && !self.swarm.is_connected(peer))
+            .filter(|(peer, r)| {
+                r.next_at <= now
+                    && !self.swarm.is_connected(peer)
+                    && !self.banned.contains_key(*peer)
+            })
             .map(|(peer, r)| (*peer, r.addr.clone()))
             .collect();
         for (peer, addr) in due {
-            tracing::debug!(%peer, %addr, "dialing bootstrap peer");
+            tracing::debug!(%peer, %addr, "dialing peer again");
             if let Err(error) = self.swarm.dial(addr.clone()) {
                 tracing::warn!(%peer, %addr, %error, "dial failed");
             }
@@ -884,12 +892,31 @@ impl EventLoop {
                         continue;
                     }
                     tracing::info!(%peer, %addr, "discovered by mDNS");
-                    if let Err(error) = self.swarm.dial(addr.with_p2p(peer).unwrap_or_else(|a| a)) {
+                    let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+                    // Both nodes hear each other's mDNS answer at the same moment; if both dial
+                    // at once from their listening port, the two TCP handshakes can merge into
+                    // one connection that both sides think they dialled, and it fails. So only
+                    // the node with the lower peer id dials at once; the other one dials a
+                    // second later if still not connected, and both keep redialling with
+                    // backoff while the mDNS record lasts.
+                    if *self.swarm.local_peer_id() < peer
+                        && let Err(error) = self.swarm.dial(addr.clone())
+                    {
                         tracing::debug!(%peer, %error, "dial after mDNS failed");
                     }
+                    self.redials.entry(peer).or_insert_with(|| Redial {
+                        addr,
+                        next_at: Instant::now() + Backoff::FIRST,
+                        backoff: Backoff::new(),
+                        from_mdns: true,
+                    });
                 }
             }
-            BehaviourEvent::Mdns(mdns::Event::Expired(_)) => {}
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, _) in gone {
+                    self.forget_mdns_redial(&peer);
+                }
+            }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identified(peer_id, info);
             }
@@ -951,6 +978,7 @@ impl EventLoop {
         }
         if info.protocol_version != ours {
             tracing::info!(%peer_id, theirs = %info.protocol_version, %ours, "peer belongs to another deployment; disconnecting");
+            self.forget_mdns_redial(&peer_id);
             self.banned.insert(peer_id, Instant::now() + BAN_DURATION);
             let _ = self.swarm.disconnect_peer_id(peer_id);
             return;
@@ -1165,6 +1193,13 @@ impl EventLoop {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
                 self.penalise(source, &format!("invalid gossip message: {error}"));
             }
+        }
+    }
+
+    /// Stops redialling a peer that mDNS found (bootstrap peers are redialled for ever).
+    fn forget_mdns_redial(&mut self, peer: &PeerId) {
+        if self.redials.get(peer).is_some_and(|r| r.from_mdns) {
+            self.redials.remove(peer);
         }
     }
 
