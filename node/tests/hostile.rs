@@ -257,24 +257,6 @@ async fn a_peer_claiming_another_nodes_site_cannot_stop_catch_up_from_it() {
     a.stop().await;
 }
 
-/// The crsql_changes rows of a node, minus its local db_versions: equal on two nodes when they
-/// hold the same data with the same clocks.
-async fn replicated_state(node: &TestNode) -> Vec<serde_json::Value> {
-    let page = get_json(node, "/api/changes?since=0").await;
-    let mut rows: Vec<serde_json::Value> = page["changes"]
-        .as_array()
-        .expect("changes")
-        .iter()
-        .map(|c| {
-            let mut c = c.clone();
-            c.as_object_mut().expect("object").remove("db_version");
-            c
-        })
-        .collect();
-    rows.sort_by_key(|c| format!("{}{}", c["pk"], c["cid"]));
-    rows
-}
-
 /// One anonymous push of a title at col_version 2^53 − 1, sent with db_version 2^53 − 1. Node A
 /// used to take both: its clock jumped to the end of the range, and its next edit of that title
 /// carried col_version 2^53, which B refused as out of range — B banned the honest A and kept
@@ -335,7 +317,10 @@ async fn one_anonymous_push_at_the_counter_limit_does_not_split_the_cluster() {
         "A and B to hold the same rows and clocks",
         CONVERGE,
         || async {
-            let (on_a, on_b) = (replicated_state(&a).await, replicated_state(&b).await);
+            let (on_a, on_b) = (
+                common::replicated_state(&a).await,
+                common::replicated_state(&b).await,
+            );
             (on_a == on_b
                 && on_a
                     .iter()

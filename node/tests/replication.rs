@@ -32,23 +32,6 @@ async fn wait_for_titles(node: &TestNode, want: &[&str]) {
     .await;
 }
 
-/// The full replicated state, as cr-sqlite sees it, minus the local db_versions.
-async fn state(node: &TestNode) -> Vec<serde_json::Value> {
-    let page = common::get_json(node, "/api/changes?since=0").await;
-    let mut rows: Vec<serde_json::Value> = page["changes"]
-        .as_array()
-        .expect("changes")
-        .iter()
-        .map(|c| {
-            let mut c = c.clone();
-            c.as_object_mut().expect("object").remove("db_version");
-            c
-        })
-        .collect();
-    rows.sort_by_key(|c| format!("{}{}", c["pk"], c["cid"]));
-    rows
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_todo_written_on_any_node_appears_on_all() {
     let dirs = dirs();
@@ -81,8 +64,9 @@ async fn concurrent_edits_of_one_todo_converge_everywhere() {
         post_form(&nodes[2], &toggle, &[("completed", "1")]),
     );
     let converged = eventually("all three replicas to agree", CONVERGE, || async {
-        let a = state(&nodes[0]).await;
-        let same = state(&nodes[1]).await == a && state(&nodes[2]).await == a;
+        let a = common::replicated_state(&nodes[0]).await;
+        let same = common::replicated_state(&nodes[1]).await == a
+            && common::replicated_state(&nodes[2]).await == a;
         let rows = todos(&nodes[0]).await;
         (same && todos(&nodes[1]).await == rows && todos(&nodes[2]).await == rows).then_some(rows)
     })
@@ -163,7 +147,7 @@ async fn a_node_joining_late_receives_everything_over_quic() {
         TestNode::start_with(quic(p2p_config(dirs[2].path(), "d", &[p2p_addr(&b).await]))).await;
     wait_for_titles(&d, &want).await;
     eventually("d's replica to equal a's", CONVERGE, || async {
-        (state(&d).await == state(&a).await).then_some(())
+        (common::replicated_state(&d).await == common::replicated_state(&a).await).then_some(())
     })
     .await;
     for n in [a, b, d] {

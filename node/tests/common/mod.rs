@@ -202,3 +202,21 @@ pub async fn get_json(node: &TestNode, path: &str) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
 }
+
+/// The crsql_changes rows of a node, minus its local db_versions: equal on two nodes when they
+/// hold the same data with the same clocks (what cr-sqlite would converge to).
+pub async fn replicated_state(node: &TestNode) -> Vec<serde_json::Value> {
+    let page = get_json(node, "/api/changes?since=0").await;
+    let mut rows: Vec<serde_json::Value> = page["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.as_object_mut().expect("object").remove("db_version");
+            c
+        })
+        .collect();
+    rows.sort_by_key(|c| format!("{}{}", c["pk"], c["cid"]));
+    rows
+}
