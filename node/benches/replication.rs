@@ -15,9 +15,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use changeset::{Change, DbVersion, SiteId, Value as Val, pack_columns};
 use serde_json::{Value, json};
 
+#[path = "../tests/support/bulk.rs"]
+mod bulk;
 mod common;
 use common::{NodeProcess, free_port, rss_kib};
 
@@ -30,34 +31,6 @@ impl Node {
     fn peak_rss_mib(&self) -> f64 {
         rss_kib(self.process.0.id(), "VmHWM:") as f64 / 1024.0
     }
-}
-
-/// `count` completed todos as another replica (site 0x42) pushes them, 9,000 changes a push.
-fn completed_todos(count: usize) -> Vec<Vec<Change>> {
-    let changes: Vec<Change> = (0..count)
-        .flat_map(|i| {
-            let pk = pack_columns(&[Val::Text(format!("bulk-{i:06}"))]).expect("pk");
-            [
-                ("title", Val::Text(format!("bulk todo {i}"))),
-                ("completed", Val::Integer(1)),
-                ("created_at", Val::Integer(i as i64)),
-            ]
-            .into_iter()
-            .enumerate()
-            .map(move |(seq, (cid, val))| Change {
-                table: "todos".into(),
-                pk: pk.clone(),
-                cid: cid.into(),
-                val,
-                col_version: 1,
-                db_version: DbVersion(i as u64 + 1),
-                site_id: SiteId([0x42; 16]),
-                cl: 1,
-                seq: seq as i64,
-            })
-        })
-        .collect();
-    changes.chunks(9_000).map(<[Change]>::to_vec).collect()
 }
 
 fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -> Node {
@@ -207,7 +180,7 @@ async fn main() {
     let catch_up_rss = (a.peak_rss_mib(), b.peak_rss_mib());
 
     // 3. A bulk clear: one click on A, `bulk` todos deleted, until B holds none.
-    for batch in completed_todos(bulk) {
+    for batch in bulk::completed_todos("bulk", bulk).chunks(9_000) {
         let r = client
             .post(format!("http://127.0.0.1:{}/api/changes", a.http))
             .json(&json!({ "changes": batch }))

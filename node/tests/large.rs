@@ -5,11 +5,14 @@
 //! offline. Both directions are checked here, with the browser peer's own logic
 //! (`wasm_peer::peer::Peer`, the code the browser runs, natively) against real nodes.
 
+#[path = "support/bulk.rs"]
+mod bulk;
 mod common;
 
 use std::time::Duration;
 
-use changeset::{Change, DbVersion, SiteId, Value, pack_columns};
+use bulk::completed_todos;
+use changeset::{Change, SiteId};
 use common::{TestNode, client, eventually, get_json, p2p_addr, p2p_config, post_form};
 use wasm_peer::peer::Peer;
 
@@ -33,34 +36,6 @@ async fn wait_for_count(node: &TestNode, want: usize) {
         || async { (todo_count(node).await == want).then_some(()) },
     )
     .await;
-}
-
-/// `count` completed todos, as another replica (site 0x42) would push them.
-fn completed_todos(prefix: &str, count: usize) -> Vec<Change> {
-    let site = SiteId([0x42; 16]);
-    (0..count)
-        .flat_map(|i| {
-            let pk = pack_columns(&[Value::Text(format!("{prefix}-{i:05}"))]).expect("pk");
-            [
-                ("title", Value::Text(format!("done {i}"))),
-                ("completed", Value::Integer(1)),
-                ("created_at", Value::Integer(i as i64)),
-            ]
-            .into_iter()
-            .enumerate()
-            .map(move |(seq, (cid, val))| Change {
-                table: "todos".into(),
-                pk: pk.clone(),
-                cid: cid.into(),
-                val,
-                col_version: 1,
-                db_version: DbVersion(i as u64 + 1),
-                site_id: site,
-                cl: 1,
-                seq: seq as i64,
-            })
-        })
-        .collect()
 }
 
 async fn push(node: &TestNode, changes: &[Change]) {
