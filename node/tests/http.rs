@@ -593,6 +593,8 @@ async fn the_pwa_assets_are_served_with_their_types() {
         ("/static/wasm/wasm_peer_bg.wasm", "application/wasm"),
         ("/static/icons/icon-192.png", "image/png"),
         ("/static/icons/icon-512.png", "image/png"),
+        ("/static/icons/icon.svg", "image/svg+xml"),
+        ("/static/style.css", "text/css; charset=utf-8"),
     ] {
         let r = c.get(node.url(path)).send().await.expect("get");
         assert_eq!(r.status(), 200, "{path}");

@@ -55,8 +55,9 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Respo
     };
     let file =
         file.ok_or_else(|| AppError::NotFound("There is no file at this address.".into()))?;
+    let content_type = with_charset(file.metadata.mimetype());
     Ok(respond(
-        &path,
+        &content_type,
         file.data,
         &file.metadata.sha256_hash(),
         &headers,
@@ -67,10 +68,15 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Respo
 pub async fn service_worker(headers: HeaderMap) -> Response {
     let body = SERVICE_WORKER.replace("__BUILD_VERSION__", build_version());
     let hash = Sha256::digest(body.as_bytes());
-    respond("sw.js", Cow::Owned(body.into_bytes()), &hash, &headers)
+    respond(
+        "text/javascript; charset=utf-8",
+        Cow::Owned(body.into_bytes()),
+        &hash,
+        &headers,
+    )
 }
 
-fn respond(path: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &HeaderMap) -> Response {
+fn respond(content_type: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &HeaderMap) -> Response {
     let etag = format!("\"{}\"", hex::encode(&sha256[..16]));
     if headers
         .get(header::IF_NONE_MATCH)
@@ -80,10 +86,9 @@ fn respond(path: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &Header
     }
     let mut response = data.into_owned().into_response();
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(path)),
-    );
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
@@ -91,16 +96,12 @@ fn respond(path: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &Header
     response
 }
 
-fn content_type(path: &str) -> &'static str {
-    match path.rsplit_once('.').map(|(_, ext)| ext) {
-        Some("css") => "text/css; charset=utf-8",
-        Some("js") => "text/javascript; charset=utf-8",
-        Some("json") => "application/json",
-        Some("webmanifest") => "application/manifest+json",
-        Some("wasm") => "application/wasm",
-        Some("svg") => "image/svg+xml",
-        Some("png") => "image/png",
-        Some("html") => "text/html; charset=utf-8",
-        _ => "application/octet-stream",
+/// The type rust-embed guessed from the file name (mime_guess), with the charset for text:
+/// every text asset here is UTF-8, and without it a browser could guess another.
+fn with_charset(mimetype: &str) -> Cow<'_, str> {
+    if mimetype.starts_with("text/") {
+        Cow::Owned(format!("{mimetype}; charset=utf-8"))
+    } else {
+        Cow::Borrowed(mimetype)
     }
 }
