@@ -30,8 +30,14 @@ async fn restart_keeps_the_peer_id_and_clients_reserve_and_connect_again() {
     let id = relay.peer_id;
 
     // /addrs: full multiaddrs naming the relay, the WebSocket one among them; CORS on both.
+    let page_origin = "http://127.0.0.1:3001";
     for path in ["/health", "/addrs"] {
-        let r = http().get(relay.url(path)).send().await.expect("get");
+        let r = http()
+            .get(relay.url(path))
+            .header("origin", page_origin)
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(
             r.headers()
@@ -39,6 +45,19 @@ async fn restart_keeps_the_peer_id_and_clients_reserve_and_connect_again() {
                 .map(|v| v.as_bytes()),
             Some(&b"*"[..]),
             "{path} is readable from other origins"
+        );
+        let preflight = http()
+            .request(reqwest::Method::OPTIONS, relay.url(path))
+            .header("origin", page_origin)
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .expect("preflight");
+        assert!(preflight.status().is_success(), "{path}: preflight");
+        let allowed = preflight.headers().get("access-control-allow-methods");
+        assert!(
+            allowed.is_some_and(|m| m.to_str().is_ok_and(|m| m.contains("GET"))),
+            "{path}: preflight allows GET: {allowed:?}"
         );
     }
     let addrs = get_json(&relay.url("/addrs")).await.expect("/addrs");

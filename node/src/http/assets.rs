@@ -76,7 +76,12 @@ pub async fn service_worker(headers: HeaderMap) -> Response {
     )
 }
 
-fn respond(content_type: &str, data: Cow<'static, [u8]>, sha256: &[u8], headers: &HeaderMap) -> Response {
+fn respond(
+    content_type: &str,
+    data: Cow<'static, [u8]>,
+    sha256: &[u8],
+    headers: &HeaderMap,
+) -> Response {
     let etag = format!("\"{}\"", hex::encode(&sha256[..16]));
     if headers
         .get(header::IF_NONE_MATCH)
