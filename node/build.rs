@@ -9,6 +9,9 @@
 //! script to run, the crate is compiled with `cfg(crsqlite_missing)` / `cfg(wasm_bundle_missing)`,
 //! and a node built that way refuses to start with the same message
 //! (`todo_node::BUILD_PROBLEMS`).
+//!
+//! It also renders the PWA's PNG icons from `templates/static/icons/icon.svg` into OUT_DIR, so
+//! the SVG is the one source of the design.
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -21,6 +24,7 @@ fn main() {
     let cache = home_cache();
     crsqlite(&cache);
     wasm_bundle(&cache);
+    icons();
 }
 
 /// Where ci/env.sh keeps what it builds: `TODO_CACHE`, by default ~/.cache/todo-hybrid.
@@ -124,4 +128,54 @@ fn wasm_bundle(cache: &Path) {
             dir.display()
         ),
     );
+}
+
+/// The PNG icons the manifest names, rendered from icon.svg: `any` at 192 and 512 px, and a
+/// `maskable` one whose mark is shrunk into the middle 80% (the safe zone a launcher's mask
+/// never cuts) on the icon's own background colour.
+fn icons() {
+    use resvg::{tiny_skia, usvg};
+
+    let svg_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/static/icons/icon.svg");
+    println!("cargo::rerun-if-changed={}", svg_path.display());
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("icons");
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/icons");
+    let svg = std::fs::read(&svg_path).unwrap_or_else(|e| panic!("{}: {e}", svg_path.display()));
+    let tree = usvg::Tree::from_data(&svg, &usvg::Options::default())
+        .unwrap_or_else(|e| panic!("{} is not an SVG we can render: {e}", svg_path.display()));
+    let render = |size: u32, mark_scale: f32| {
+        let mut pixmap = tiny_skia::Pixmap::new(size, size).expect("a non-empty icon size");
+        let fit = size as f32 / tree.size().width().max(tree.size().height());
+        if mark_scale < 1.0 {
+            // The background colour is whatever the SVG paints at its corner.
+            let mut corner = tiny_skia::Pixmap::new(1, 1).expect("1x1");
+            resvg::render(
+                &tree,
+                tiny_skia::Transform::from_scale(fit, fit),
+                &mut corner.as_mut(),
+            );
+            let c = corner.pixel(0, 0).expect("a pixel").demultiply();
+            pixmap.fill(tiny_skia::Color::from_rgba8(
+                c.red(),
+                c.green(),
+                c.blue(),
+                c.alpha(),
+            ));
+        }
+        let scale = fit * mark_scale;
+        let offset = size as f32 * (1.0 - mark_scale) / 2.0;
+        let transform =
+            tiny_skia::Transform::from_scale(scale, scale).post_translate(offset, offset);
+        resvg::render(&tree, transform, &mut pixmap.as_mut());
+        pixmap.encode_png().expect("PNG encoding")
+    };
+    for (name, size, mark_scale) in [
+        ("icon-192.png", 192, 1.0),
+        ("icon-512.png", 512, 1.0),
+        ("icon-maskable-512.png", 512, 0.8),
+    ] {
+        let path = out.join(name);
+        std::fs::write(&path, render(size, mark_scale))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
 }

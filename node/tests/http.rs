@@ -616,6 +616,24 @@ async fn the_pwa_assets_are_served_with_their_types() {
     let manifest: Value = get_json(&node, "/static/manifest.webmanifest").await;
     assert_eq!(manifest["display"], "standalone");
     assert_eq!(manifest["start_url"], "/");
+    // Every PNG icon the manifest names is one, of the size it says (rendered from icon.svg).
+    let icons = manifest["icons"].as_array().expect("icons");
+    assert!(icons.iter().any(|i| i["purpose"] == "maskable"));
+    for icon in icons.iter().filter(|i| i["type"] == "image/png") {
+        let src = icon["src"].as_str().expect("src");
+        let png = c
+            .get(node.url(src))
+            .send()
+            .await
+            .expect("icon")
+            .bytes()
+            .await
+            .expect("bytes");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{src} is a PNG");
+        let side = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().expect("4 bytes"));
+        let size = format!("{}x{}", side(16), side(20));
+        assert_eq!(icon["sizes"], size.as_str(), "{src}");
+    }
     let wasm = c
         .get(node.url("/static/wasm/wasm_peer_bg.wasm"))
         .send()

@@ -1,6 +1,6 @@
-//! Static assets: the CSS, the PWA's manifest, icons, app script and offline shell (from
-//! templates/static), the browser peer's wasm bundle (built by ci/build-wasm.sh), and the
-//! service worker. Embedded in release builds (read from disk in debug builds). ETags let
+//! Static assets: the CSS, the PWA's manifest, icon, app script and offline shell (from
+//! templates/static), the PNG icons node/build.rs renders from that icon's SVG, the browser
+//! peer's wasm bundle (built by ci/build-wasm.sh), and the service worker. Embedded in release builds (read from disk in debug builds). ETags let
 //! browsers revalidate cheaply; `no-cache` makes them always revalidate, so a deploy is seen at
 //! once. The service worker's cache is named after [`build_version`], a digest of every asset,
 //! so a deploy that changes any of them installs a new worker that replaces the old cache.
@@ -28,6 +28,11 @@ struct Assets;
 #[include = "*.wasm"]
 struct WasmBundle;
 
+/// The PNG icons, rendered from icons/icon.svg by node/build.rs.
+#[derive(Embed)]
+#[folder = "$OUT_DIR/icons/"]
+struct Icons;
+
 /// The service worker's source; `__BUILD_VERSION__` is replaced with [`build_version`].
 const SERVICE_WORKER: &str = include_str!("../../../templates/static/sw.js");
 
@@ -38,7 +43,8 @@ pub fn build_version() -> &'static str {
         let mut hasher = Sha256::new();
         let files = Assets::iter()
             .filter_map(|p| Assets::get(&p).map(|f| (p, f)))
-            .chain(WasmBundle::iter().filter_map(|p| WasmBundle::get(&p).map(|f| (p, f))));
+            .chain(WasmBundle::iter().filter_map(|p| WasmBundle::get(&p).map(|f| (p, f))))
+            .chain(Icons::iter().filter_map(|p| Icons::get(&p).map(|f| (p, f))));
         for (path, file) in files {
             hasher.update(path.as_bytes());
             hasher.update(file.metadata.sha256_hash());
@@ -49,9 +55,12 @@ pub fn build_version() -> &'static str {
 }
 
 pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, AppError> {
-    let file = match path.strip_prefix("wasm/") {
-        Some(bundle_path) => WasmBundle::get(bundle_path),
-        None => Assets::get(&path),
+    let file = if let Some(bundle_path) = path.strip_prefix("wasm/") {
+        WasmBundle::get(bundle_path)
+    } else if let Some(icon) = path.strip_prefix("icons/") {
+        Icons::get(icon).or_else(|| Assets::get(&path))
+    } else {
+        Assets::get(&path)
     };
     let file =
         file.ok_or_else(|| AppError::NotFound("There is no file at this address.".into()))?;
