@@ -26,14 +26,9 @@ const READERS: usize = 4;
 /// How long a connection waits for a lock held by another before giving up with SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS todos(
-    id TEXT PRIMARY KEY NOT NULL,
-    title TEXT NOT NULL DEFAULT '',
-    completed INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL DEFAULT 0
-);
-SELECT crsql_as_crr('todos');
+/// The node's own tables; the replicated one, `todos`, is created from
+/// `changeset::TableSchema::todos()` (see [`schema_sql`]).
+const LOCAL_TABLES: &str = "
 -- How far this node has pulled from each peer (anti-entropy): keyed by the peer's libp2p id,
 -- which its connection authenticates, and the site id it claims, so a peer that claims another
 -- node's site can only move its own entry. Local bookkeeping, not replicated.
@@ -44,6 +39,17 @@ CREATE TABLE IF NOT EXISTS sync_watermarks(
     PRIMARY KEY (peer_id, site_id)
 ) WITHOUT ROWID;
 ";
+
+/// The replicated table as the change engine (and so the browser peer) defines it, made a
+/// cr-sqlite CRR, then the node's local tables.
+fn schema_sql() -> String {
+    let todos = changeset::TableSchema::todos();
+    format!(
+        "{};\nSELECT crsql_as_crr('{}');\n{LOCAL_TABLES}",
+        todos.create_table_sql(),
+        todos.name
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,7 +117,7 @@ impl Store {
         let extension = extension::path(data_dir)?;
 
         let writer = open_connection(&path, &extension, true)?;
-        writer.0.execute_batch(SCHEMA)?;
+        writer.0.execute_batch(&schema_sql())?;
         check_version(&writer.0)?;
         let site_id: Vec<u8> = writer
             .0

@@ -60,10 +60,10 @@ fn real_merge(ext: &PathBuf, changes: &[Change]) -> Duration {
         c.load_extension(ext, Some("sqlite3_crsqlite_init"))
             .expect("load");
     }
-    c.execute_batch(
-        "CREATE TABLE todos(id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL DEFAULT '', completed INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL DEFAULT 0);
-         SELECT crsql_as_crr('todos');",
-    )
+    c.execute_batch(&format!(
+        "{}; SELECT crsql_as_crr('todos');",
+        changeset::TableSchema::todos().create_table_sql()
+    ))
     .expect("schema");
     let started = Instant::now();
     let tx = c.unchecked_transaction().expect("begin");

@@ -43,6 +43,8 @@ pub enum EngineError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Column {
     pub name: String,
+    /// As written in CREATE TABLE (`TEXT`, `INTEGER`, ...).
+    pub declared_type: String,
     pub affinity: Affinity,
     pub not_null: bool,
     pub default: Value,
@@ -53,6 +55,7 @@ impl Column {
     pub fn new(name: &str, declared_type: &str, not_null: bool, default: Value) -> Self {
         Self {
             name: name.to_owned(),
+            declared_type: declared_type.to_owned(),
             affinity: Affinity::of_declared_type(declared_type),
             not_null,
             default,
@@ -81,6 +84,29 @@ impl TableSchema {
             })
     }
 
+    /// `CREATE TABLE IF NOT EXISTS` for this schema: what a SQLite replica (the node, the
+    /// oracle) creates, so the table is defined in one place, here.
+    pub fn create_table_sql(&self) -> String {
+        let column = |c: &Column| {
+            let mut sql = format!("{} {}", c.name, c.declared_type);
+            if c.not_null {
+                sql.push_str(" NOT NULL");
+            }
+            if c.default != Value::Null {
+                sql.push_str(&format!(" DEFAULT {}", sql_literal(&c.default)));
+            }
+            sql
+        };
+        let mut parts: Vec<String> = self.pk.iter().chain(&self.columns).map(column).collect();
+        let pk: Vec<&str> = self.pk.iter().map(|c| c.name.as_str()).collect();
+        parts.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+        format!(
+            "CREATE TABLE IF NOT EXISTS {}({})",
+            self.name,
+            parts.join(", ")
+        )
+    }
+
     /// The app's table: `todos(id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL DEFAULT '',
     /// completed INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL DEFAULT 0)`.
     pub fn todos() -> Self {
@@ -93,6 +119,22 @@ impl TableSchema {
                 Column::new("created_at", "INTEGER", true, Value::Integer(0)),
             ],
         }
+    }
+}
+
+/// A value as an SQL literal (for DEFAULT clauses).
+fn sql_literal(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => format!("{f:?}"),
+        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Value::Blob(b) => format!(
+            "X'{}'",
+            b.iter()
+                .map(|byte| format!("{byte:02X}"))
+                .collect::<String>()
+        ),
     }
 }
 
@@ -794,6 +836,33 @@ mod tests {
 
     const A: SiteId = SiteId([0x0A; 16]);
     const B: SiteId = SiteId([0x0B; 16]);
+
+    #[test]
+    fn the_todos_table_is_created_from_its_schema() {
+        assert_eq!(
+            TableSchema::todos().create_table_sql(),
+            "CREATE TABLE IF NOT EXISTS todos(id TEXT NOT NULL, title TEXT NOT NULL DEFAULT '', \
+             completed INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL DEFAULT 0, \
+             PRIMARY KEY (id))"
+        );
+        let odd = TableSchema {
+            name: "t".into(),
+            pk: vec![
+                Column::new("a", "BLOB", true, Value::Null),
+                Column::new("b", "INTEGER", true, Value::Null),
+            ],
+            columns: vec![
+                Column::new("q", "TEXT", false, Value::Text("it's".into())),
+                Column::new("r", "REAL", false, Value::Real(0.5)),
+                Column::new("s", "BLOB", false, Value::Blob(vec![0xAB, 1])),
+            ],
+        };
+        assert_eq!(
+            odd.create_table_sql(),
+            "CREATE TABLE IF NOT EXISTS t(a BLOB NOT NULL, b INTEGER NOT NULL, \
+             q TEXT DEFAULT 'it''s', r REAL DEFAULT 0.5, s BLOB DEFAULT X'AB01', PRIMARY KEY (a, b))"
+        );
+    }
 
     fn replica(site: SiteId) -> Replica {
         let mut t = TableSchema::todos();

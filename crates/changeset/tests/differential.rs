@@ -46,15 +46,9 @@ enum Schema {
 }
 
 impl Schema {
-    fn sql(self) -> &'static str {
-        match self {
-            Self::Todos => {
-                "CREATE TABLE todos(id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL DEFAULT '', completed INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL DEFAULT 0)"
-            }
-            Self::Nullable => {
-                "CREATE TABLE todos(id TEXT PRIMARY KEY NOT NULL, title TEXT, completed INTEGER, created_at INTEGER)"
-            }
-        }
+    /// The table the real extension gets: created from the same schema the engine is given.
+    fn sql(self) -> String {
+        self.engine().create_table_sql()
     }
 
     fn engine(self) -> TableSchema {
@@ -130,7 +124,7 @@ fn real(i: usize, schema: Schema, ext: &PathBuf) -> Connection {
         c.load_extension(ext, Some("sqlite3_crsqlite_init"))
             .expect("load cr-sqlite");
     }
-    c.execute_batch(schema.sql()).expect("schema");
+    c.execute_batch(&schema.sql()).expect("schema");
     c.query_row("SELECT crsql_as_crr('todos')", [], |_| Ok(()))
         .expect("as_crr");
     c
