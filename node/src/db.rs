@@ -16,7 +16,7 @@ use std::time::Duration;
 use app::Todo;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub use changes::{ChangePage, MergeOutcome, Watermark};
+pub use changes::{MergeOutcome, Watermark};
 pub use extension::{CRSQLITE_VERSION, CRSQLITE_VERSION_NUMBER};
 
 /// File name of the database inside DATA_DIR.

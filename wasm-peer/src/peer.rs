@@ -19,7 +19,7 @@ use app::{
     ErrorPage, Filter, FormError, IndexPage, Templates, TitleError, Todo, parse_client_id,
     parse_completed, return_target, validate_title,
 };
-use changeset::sync::page as cut_page;
+use changeset::sync::{Fetched, page as cut_page};
 use changeset::{
     Change, DbVersion, EngineError, PageLimits, Replica, SiteId, SnapshotError, SyncState,
     TableSchema, Value, Write,
@@ -317,7 +317,9 @@ impl Peer {
             self.site_id(),
             changes,
             self.pushed_up_to,
-            self.replica.db_version(),
+            Fetched::All {
+                current: self.replica.db_version(),
+            },
             limits,
         );
         let body = serde_json::to_string(&PushBody {

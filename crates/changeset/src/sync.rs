@@ -105,15 +105,27 @@ fn approx_size(c: &Change) -> usize {
     c.table.len() + c.pk.len() + c.cid.len() + val + 48
 }
 
+/// What a source read to cut a page from: the changes above the asker's watermark, in
+/// (db_version, seq) order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// All of them; `current` is the source's db_version, so an empty answer still moves the
+    /// puller's watermark up.
+    All { current: DbVersion },
+    /// A prefix of whole transactions, with more after it (a store that reads a bounded
+    /// number of rows, like the node's cr-sqlite).
+    Prefix,
+}
+
 /// Cuts one page from `changes` (those above `since`, ordered by db_version): whole
 /// db_versions only, within `limits`, but always at least one db_version so a transaction
-/// larger than a page still goes through. `current` is the source's db_version, so an empty
-/// answer still moves the puller's watermark up.
+/// larger than a page still goes through. The one page cutter: the node (over cr-sqlite),
+/// the browser peer and the edge (over [`Replica`]) all answer with it.
 pub fn page(
     source: SiteId,
     changes: Vec<Change>,
     since: DbVersion,
-    current: DbVersion,
+    fetched: Fetched,
     limits: PageLimits,
 ) -> Page {
     let mut end = 0;
@@ -136,12 +148,13 @@ pub fn page(
         end = group_end;
         i = group_end;
     }
-    let more = end < changes.len();
-    let up_to = if more {
-        changes[end - 1].db_version
-    } else {
-        current.max(since)
+    let up_to = match fetched {
+        Fetched::All { current } if end == changes.len() => current.max(since),
+        _ if end == 0 => since,
+        _ => changes[end - 1].db_version,
     };
+    // An empty prefix would ask again from the same place for ever: treat it as the end.
+    let more = end < changes.len() || (fetched == Fetched::Prefix && end > 0);
     let mut changes = changes;
     changes.truncate(end);
     Page {
@@ -159,7 +172,9 @@ impl Replica {
             self.site_id(),
             self.changes_since(request.since, Some(request.requester)),
             request.since,
-            self.db_version(),
+            Fetched::All {
+                current: self.db_version(),
+            },
             request.limits,
         )
     }
@@ -364,6 +379,51 @@ mod tests {
         );
         assert!(!p.more);
         assert_eq!(p.up_to, DbVersion(1));
+    }
+
+    #[test]
+    fn a_prefix_always_has_more_and_ends_at_its_last_whole_transaction() {
+        let a = replica(1, 4); // four transactions of 3 changes (db_versions 1..=4)
+        let all = a.changes_since(DbVersion(0), None);
+        let prefix: Vec<Change> = all
+            .iter()
+            .filter(|c| c.db_version.0 <= 2)
+            .cloned()
+            .collect();
+        let roomy = PageLimits::default();
+        let p = page(
+            a.site_id(),
+            prefix.clone(),
+            DbVersion(0),
+            Fetched::Prefix,
+            roomy,
+        );
+        assert_eq!((p.changes.len(), p.up_to, p.more), (6, DbVersion(2), true));
+        // Limits still cut inside the prefix, on whole transactions.
+        let four = PageLimits {
+            max_changes: 4,
+            ..roomy
+        };
+        let p = page(a.site_id(), prefix, DbVersion(0), Fetched::Prefix, four);
+        assert_eq!((p.changes.len(), p.up_to, p.more), (3, DbVersion(1), true));
+        // And by bytes.
+        let tiny = PageLimits {
+            max_bytes: 1,
+            ..roomy
+        };
+        let current = Fetched::All {
+            current: a.db_version(),
+        };
+        let p = page(a.site_id(), all.clone(), DbVersion(0), current, tiny);
+        assert_eq!((p.changes.len(), p.up_to, p.more), (3, DbVersion(1), true));
+        let p = page(a.site_id(), all, DbVersion(0), current, roomy);
+        assert_eq!(
+            (p.changes.len(), p.up_to, p.more),
+            (12, DbVersion(4), false)
+        );
+        // An empty prefix cannot make the asker loop.
+        let p = page(a.site_id(), vec![], DbVersion(7), Fetched::Prefix, roomy);
+        assert_eq!((p.up_to, p.more), (DbVersion(7), false));
     }
 
     #[test]

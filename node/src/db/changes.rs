@@ -7,21 +7,14 @@
 //! table or column, and we roll back a transaction on any error; batches are validated before
 //! any of it, so a bad batch applies nothing).
 
-use changeset::{Change, DbVersion, SiteId, Value};
+use changeset::sync::Fetched;
+use changeset::{Change, DbVersion, Page, PageLimits, SiteId, Value};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError};
 
 const CHANGE_COLUMNS: &str = r#""table", pk, cid, val, col_version, db_version, site_id, cl, seq"#;
-
-/// One page of changes, cut on whole db_versions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChangePage {
-    pub changes: Vec<Change>,
-    /// True when changes above the last one returned remain.
-    pub more: bool,
-}
 
 /// How far this node has pulled `source`'s changes from `peer` (a libp2p peer id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,56 +32,34 @@ pub struct MergeOutcome {
 }
 
 impl Store {
-    /// Changes with `db_version > since`, excluding those that originated at `exclude` (the
-    /// asker's own, which it has), at most `max` unless a single db_version is larger.
-    pub fn changes_since(
-        &self,
-        since: DbVersion,
-        exclude: Option<SiteId>,
-        max: usize,
-    ) -> Result<ChangePage, StoreError> {
-        let conn = self.reader()?;
-        page(&conn.0, since, exclude, max)
-    }
-
-    /// A page for a syncing peer (its own changes left out), and the db_version through which
-    /// it is complete (the peer's next watermark), read in one snapshot so no write can fall
-    /// between the two.
+    /// A page for a syncing peer (its own changes left out), with the db_version through
+    /// which it is complete (the peer's next watermark), read in one snapshot so no write can
+    /// fall between the two.
     pub fn sync_page(
         &self,
         since: DbVersion,
         requester: SiteId,
-        max: usize,
-    ) -> Result<(ChangePage, DbVersion), StoreError> {
-        self.snapshot_page(since, Some(requester), max)
+        limits: PageLimits,
+    ) -> Result<Page, StoreError> {
+        self.snapshot_page(since, Some(requester), limits)
     }
 
     /// Like [`Store::sync_page`], with every change (for HTTP clients without a site id yet).
-    pub fn changes_page(
-        &self,
-        since: DbVersion,
-        max: usize,
-    ) -> Result<(ChangePage, DbVersion), StoreError> {
-        self.snapshot_page(since, None, max)
+    pub fn changes_page(&self, since: DbVersion, limits: PageLimits) -> Result<Page, StoreError> {
+        self.snapshot_page(since, None, limits)
     }
 
     fn snapshot_page(
         &self,
         since: DbVersion,
         exclude: Option<SiteId>,
-        max: usize,
-    ) -> Result<(ChangePage, DbVersion), StoreError> {
+        limits: PageLimits,
+    ) -> Result<Page, StoreError> {
         let conn = self.reader()?;
         let tx = conn.0.unchecked_transaction()?;
-        let page = page(&tx, since, exclude, max)?;
-        let up_to = if page.more {
-            page.changes.last().map_or(since, |c| c.db_version)
-        } else {
-            let current: i64 = tx.query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
-            DbVersion(u64::try_from(current).unwrap_or(0)).max(since)
-        };
+        let page = page(&tx, SiteId(self.site_id), since, exclude, limits)?;
         tx.commit()?;
-        Ok((page, up_to))
+        Ok(page)
     }
 
     /// This node's own writes with `db_version > since` (what gossip publishes).
@@ -189,50 +160,57 @@ pub(super) fn db_version(conn: &rusqlite::Connection) -> Result<DbVersion, Store
     Ok(DbVersion(u64::try_from(v).unwrap_or(0)))
 }
 
-/// Reads one page (see [`Store::changes_since`]) on `conn`.
+/// Reads the changes above `since` on `conn` and cuts a page of them with
+/// `changeset::sync::page`, the cutter the browser peer and the edge use too. SQL reads whole
+/// transactions only: at most `limits.max_changes` rows, or the first transaction whole when
+/// it alone is larger.
 fn page(
     conn: &rusqlite::Connection,
+    source: SiteId,
     since: DbVersion,
     exclude: Option<SiteId>,
-    max: usize,
-) -> Result<ChangePage, StoreError> {
-    let since = since_param(since);
-    let exclude = exclude.map(|s| s.0.to_vec());
+    limits: PageLimits,
+) -> Result<Page, StoreError> {
+    let max = limits.max_changes.max(1);
+    let exclude_param = exclude.map(|s| s.0.to_vec());
     let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {CHANGE_COLUMNS} FROM crsql_changes
          WHERE db_version > ?1 AND site_id IS NOT ?2 ORDER BY db_version, seq LIMIT ?3"
     ))?;
     let mut changes = stmt
-        .query_map(params![since, exclude, limit], change_from_row)?
+        .query_map(
+            params![since_param(since), exclude_param, limit],
+            change_from_row,
+        )?
         .collect::<Result<Vec<_>, _>>()?;
-    if changes.len() <= max {
-        return Ok(ChangePage {
-            changes,
-            more: false,
-        });
-    }
-    // Never split a db_version (a transaction) across pages.
-    let cut = changes[max].db_version;
-    if changes[0].db_version == cut {
-        // One transaction is larger than a page: send it whole.
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {CHANGE_COLUMNS} FROM crsql_changes
-             WHERE db_version = ?1 AND site_id IS NOT ?2 ORDER BY seq"
-        ))?;
-        let whole = stmt
-            .query_map(params![since_param(cut), exclude], change_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(ChangePage {
-            changes: whole,
-            more: true,
-        });
-    }
-    changes.retain(|c| c.db_version < cut);
-    Ok(ChangePage {
-        changes,
-        more: true,
-    })
+    let fetched = if changes.len() <= max {
+        let current: i64 = conn.query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
+        Fetched::All {
+            current: DbVersion(u64::try_from(current).unwrap_or(0)),
+        }
+    } else {
+        // The row past the limit belongs to a transaction that may go on beyond it.
+        let partial = changes[max].db_version;
+        if changes[0].db_version == partial {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHANGE_COLUMNS} FROM crsql_changes
+                 WHERE db_version = ?1 AND site_id IS NOT ?2 ORDER BY seq"
+            ))?;
+            changes = stmt
+                .query_map(
+                    params![since_param(partial), exclude_param],
+                    change_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+        } else {
+            changes.retain(|c| c.db_version < partial);
+        }
+        Fetched::Prefix
+    };
+    Ok(changeset::sync::page(
+        source, changes, since, fetched, limits,
+    ))
 }
 
 fn since_param(v: DbVersion) -> i64 {

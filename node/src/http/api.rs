@@ -4,7 +4,7 @@
 use app::Todo;
 use axum::Json;
 use axum::extract::{Query, State};
-use changeset::{Change, DbVersion, MAX_CHANGES_PER_BATCH, SiteId, validate};
+use changeset::{Change, DbVersion, MAX_CHANGES_PER_BATCH, PageLimits, validate};
 use serde::{Deserialize, Serialize};
 
 use crate::net::NetStatus;
@@ -86,13 +86,17 @@ pub async fn changes(
 ) -> Result<Json<ChangesPage>, JsonError> {
     let max = query.limit.unwrap_or(CHANGES_PAGE).clamp(1, CHANGES_PAGE);
     let since = DbVersion(query.since);
-    let (page, up_to) = state
-        .with_store(move |s| s.changes_page(since, max))
+    let limits = PageLimits {
+        max_changes: max,
+        ..PageLimits::default()
+    };
+    let page = state
+        .with_store(move |s| s.changes_page(since, limits))
         .await?;
     Ok(Json(ChangesPage {
-        site_id: SiteId(state.store.site_id()).to_string(),
+        site_id: page.source.to_string(),
         changes: page.changes,
-        up_to: up_to.0,
+        up_to: page.up_to.0,
         more: page.more,
     }))
 }

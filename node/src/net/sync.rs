@@ -10,7 +10,7 @@ use libp2p::PeerId;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 
 use super::event_loop::{Done, EventLoop};
-use super::protocol::{SyncRequest, SyncResponse};
+use super::protocol::{MAX_PAGE_BYTES, SyncRequest, SyncResponse};
 use super::{SYNC_PAGE_CHANGES, SYNC_SERVES_IN_FLIGHT};
 use crate::db::Watermark;
 
@@ -120,21 +120,19 @@ impl EventLoop {
             tracing::debug!(%peer, "busy serving {SYNC_SERVES_IN_FLIGHT} sync requests; dropped one");
             return;
         };
-        let site = self.site;
-        let max = request
-            .limits
-            .max_changes
-            .min(changeset::MAX_CHANGES_PER_BATCH);
+        // What the asker may ask for is bounded by what any receiver accepts, and a page (cut
+        // by approximate size) well inside the frame limit.
+        let limits = changeset::PageLimits {
+            max_changes: request
+                .limits
+                .max_changes
+                .min(changeset::MAX_CHANGES_PER_BATCH),
+            max_bytes: request.limits.max_bytes.min(MAX_PAGE_BYTES / 2),
+        };
         self.spawn_db(move |store| {
             let _slot = slot;
             let page = store
-                .sync_page(request.since, request.requester, max)
-                .map(|(page, up_to)| SyncResponse {
-                    source: site,
-                    changes: page.changes,
-                    up_to,
-                    more: page.more,
-                })
+                .sync_page(request.since, request.requester, limits)
                 .map_err(|e| e.to_string());
             Done::PageRead {
                 peer,
