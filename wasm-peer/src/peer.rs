@@ -87,6 +87,7 @@ struct PushBody<'a> {
     changes: &'a [Change],
 }
 
+#[derive(Clone)]
 pub struct Peer {
     replica: Replica,
     pulled: SyncState,

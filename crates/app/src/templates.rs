@@ -15,6 +15,7 @@ pub struct RenderError {
 }
 
 /// Where templates come from.
+#[derive(Clone)]
 pub enum Templates {
     Embedded(Box<Environment<'static>>),
     /// Development: every render reloads the folder (cheap for a handful of small files).
