@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, env = "RELAY_ADDRS", value_delimiter = ',', value_parser = parse_relay_addr)]
     pub relay_addrs: Vec<RelayAddr>,
 
-    /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one).
+    /// libp2p listen addresses (comma-separated multiaddrs; port 0 picks a free one). A
+    /// `/tcp/<port>/ws` address lets browsers sync with this node over libp2p directly.
     #[arg(
         long,
         env = "P2P_LISTEN",

@@ -78,6 +78,7 @@ pub async fn run(
         store.subscribe_local_writes(),
         stop_net.clone(),
     )
+    .await
     .context("starting the p2p network")?;
     let state = http::AppState {
         store: store.clone(),

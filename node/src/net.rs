@@ -36,7 +36,8 @@
 //! - [`sync`]: anti-entropy, asking and answering.
 //! - [`gossip`]: publishing local transactions and merging received ones.
 //! - [`relays`]: finding relays and keeping a reservation on each.
-//! - [`protocol`]: the messages on the wire; [`backoff`]: the one backoff.
+//! - [`protocol`]: the messages on the wire (crates/p2p-protocol, shared with browsers);
+//!   [`backoff`]: the one backoff.
 
 mod backoff;
 mod behaviour;
@@ -45,7 +46,6 @@ mod event_loop;
 mod gossip;
 mod handle;
 mod peers;
-pub mod protocol;
 mod relays;
 mod sync;
 
@@ -62,6 +62,8 @@ use crate::config::{Config, RelayAddr};
 use crate::db::Store;
 use event_loop::EventLoop;
 pub use handle::{ConnectionKind, NetHandle, NetStatus, PeerInfo, RelayInfo, Reservation};
+/// The messages on the wire, shared with the browser peer (crates/p2p-protocol).
+pub use p2p_protocol as protocol;
 
 /// Changes per sync page: large enough that catching up 100,000 changes takes few round trips,
 /// small enough that one page is a few MiB and one SQLite transaction of well under a second.
@@ -84,7 +86,7 @@ const MAX_PENDING_INCOMING: u32 = 64;
 const TICK: Duration = Duration::from_millis(500);
 
 /// Builds the swarm and starts the network loop; returns its handle and task.
-pub fn start(
+pub async fn start(
     config: &Config,
     store: Arc<Store>,
     local_writes: watch::Receiver<u64>,
@@ -92,7 +94,7 @@ pub fn start(
 ) -> anyhow::Result<(NetHandle, tokio::task::JoinHandle<()>)> {
     let key = p2p_identity::load_or_create(&config.data_dir)?;
     let site = SiteId(store.site_id());
-    let swarm = behaviour::build_swarm(config, key, site)?;
+    let swarm = behaviour::build_swarm(config, key, site).await?;
     let now = Instant::now();
     let relays = relays::Relays::configured(config, now);
     let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);

@@ -16,13 +16,16 @@ use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, Swarm, identify, noise, tcp, yamux};
-use todo_node::net::protocol::{SyncCodec, SyncResponse, sync_protocol};
+use todo_node::net::protocol::{
+    GossipMessage, PushAck, PushCodec, SyncCodec, SyncResponse, push_protocol, sync_protocol,
+};
 
 #[derive(NetworkBehaviour)]
 struct Rogue {
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
+    push: request_response::Behaviour<PushCodec>,
 }
 
 fn rogue_swarm() -> Swarm<Rogue> {
@@ -63,6 +66,11 @@ fn rogue_swarm_as(site: SiteId) -> Swarm<Rogue> {
                     [(sync_protocol("todo-hybrid"), ProtocolSupport::Full)],
                     request_response::Config::default(),
                 ),
+                push: request_response::Behaviour::with_codec(
+                    PushCodec,
+                    [(push_protocol("todo-hybrid"), ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
             }
         })
         .expect("behaviour")
@@ -90,6 +98,8 @@ enum Attack {
     PoisonedSyncPage,
     /// Publish bytes that are not a change batch on the deployment's gossip topic.
     GarbageGossip,
+    /// Push (as a browser does) a transaction with a change of a column that does not exist.
+    PoisonedPush,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,6 +110,11 @@ async fn a_poisoned_sync_page_applies_nothing_and_gets_the_peer_banned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gossip_is_rejected_and_gets_the_peer_banned() {
     attack(Attack::GarbageGossip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_push_is_refused_and_gets_the_peer_banned() {
+    attack(Attack::PoisonedPush).await;
 }
 
 async fn attack(attack: Attack) {
@@ -117,6 +132,21 @@ async fn attack(attack: Attack) {
             .await
             .expect("the node should disconnect the rogue");
         match event {
+            // The node asks for a sync once it has identified the rogue: it takes pushes then.
+            SwarmEvent::Behaviour(RogueEvent::Sync(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { .. },
+                ..
+            })) if attack == Attack::PoisonedPush && !sent => {
+                let push = GossipMessage {
+                    changes: vec![
+                        change("rogue-1", "title", Value::Text("smuggled".into())),
+                        change("rogue-1", "is_admin", Value::Integer(1)),
+                    ],
+                };
+                rogue.behaviour_mut().push.send_request(&peer, push);
+                sent = true;
+            }
             SwarmEvent::Behaviour(RogueEvent::Sync(request_response::Event::Message {
                 message: request_response::Message::Request { channel, .. },
                 ..
@@ -179,6 +209,62 @@ async fn attack(attack: Attack) {
     let peers = common::get_json(&node, "/api/peers").await;
     assert_eq!(peers["peers"].as_array().expect("peers").len(), 0);
     node.stop().await;
+}
+
+/// What a browser does with each transaction it makes: push it to the node it is connected to
+/// over libp2p. The node merges it, acknowledges it, and the other node gets it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_transaction_is_acknowledged_and_reaches_every_node() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("a"),
+        tempfile::tempdir().expect("b"),
+    );
+    let a = TestNode::start_with(p2p_config(dir_a.path(), "a", &[])).await;
+    let b = TestNode::start_with(p2p_config(dir_b.path(), "b", &[p2p_addr(&a).await])).await;
+    let addr: Multiaddr = p2p_addr(&a).await.parse().expect("addr");
+    let mut browser = rogue_swarm();
+    browser.dial(addr).expect("dial");
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let mut pushed = false;
+    let ack = loop {
+        let event = tokio::time::timeout_at(deadline, browser.select_next_some())
+            .await
+            .expect("the node should answer the push");
+        match event {
+            SwarmEvent::Behaviour(RogueEvent::Sync(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { .. },
+                ..
+            })) if !pushed => {
+                let push = GossipMessage {
+                    changes: vec![change("pushed-1", "title", Value::Text("pushed".into()))],
+                };
+                browser.behaviour_mut().push.send_request(&peer, push);
+                pushed = true;
+            }
+            SwarmEvent::Behaviour(RogueEvent::Push(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            })) => break response,
+            SwarmEvent::Behaviour(RogueEvent::Push(request_response::Event::OutboundFailure {
+                error,
+                ..
+            })) => panic!("push failed: {error}"),
+            _ => {}
+        }
+    };
+    assert_eq!(ack, PushAck::Merged);
+    assert_eq!(
+        titles(&a).await,
+        ["pushed"],
+        "merged before it was acknowledged"
+    );
+    eventually("B has the pushed todo", CONVERGE, || async {
+        (titles(&b).await == ["pushed"]).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
 
 const CONVERGE: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use libp2p::{
 };
 
 use super::MAX_PENDING_INCOMING;
-use super::protocol::{self, SyncCodec};
+use super::protocol::{self, PushCodec, SyncCodec};
 use crate::config::Config;
 
 #[derive(NetworkBehaviour)]
@@ -29,6 +29,8 @@ pub(super) struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub sync: request_response::Behaviour<SyncCodec>,
+    /// Transactions pushed by browsers (which run no gossipsub), and pushed to them.
+    pub push: request_response::Behaviour<PushCodec>,
     pub relay_client: relay::client::Behaviour,
     pub dcutr: dcutr::Behaviour,
 }
@@ -57,9 +59,9 @@ fn agent_string(config: &Config, site: SiteId) -> String {
     agent
 }
 
-/// TCP and QUIC, DNS, the relay client transport, and the behaviours above, listening on
-/// P2P_LISTEN.
-pub(super) fn build_swarm(
+/// TCP, QUIC, WebSocket (for browsers), DNS, the relay client transport, and the behaviours
+/// above, listening on P2P_LISTEN.
+pub(super) async fn build_swarm(
     config: &Config,
     key: Keypair,
     site: SiteId,
@@ -74,6 +76,7 @@ pub(super) fn build_swarm(
         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
     let max_memory_bytes = config.max_memory_mib.saturating_mul(1024 * 1024) as usize;
     let sync_protocol = protocol::sync_protocol(&service);
+    let push_protocol = protocol::push_protocol(&service);
 
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -86,6 +89,9 @@ pub(super) fn build_swarm(
         .with_quic()
         .with_dns()
         .context("DNS resolver")?
+        .with_websocket(noise::Config::new, yamux::Config::default)
+        .await
+        .context("WebSocket transport")?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .context("relay client transport")?
         .with_behaviour(|key, relay_client| {
@@ -127,6 +133,12 @@ pub(super) fn build_swarm(
                     [(sync_protocol, ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(Duration::from_secs(60)),
+                ),
+                push: request_response::Behaviour::with_codec(
+                    PushCodec,
+                    [(push_protocol, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30)),
                 ),
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer_id),

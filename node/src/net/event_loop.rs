@@ -20,7 +20,7 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::discovery::Redial;
 use super::handle::Command;
 use super::peers::Peer;
-use super::protocol::SyncResponse;
+use super::protocol::{PushAck, SyncResponse};
 use super::relays::Relays;
 use crate::db::Store;
 
@@ -99,6 +99,12 @@ pub(super) enum Done {
     GossipMergeFailed {
         peer: PeerId,
         error: String,
+    },
+    /// A transaction `peer` pushed was merged (or failed to be): answer it.
+    PushMerged {
+        peer: PeerId,
+        channel: ResponseChannel<PushAck>,
+        merged: Result<(Vec<Change>, i64), String>,
     },
 }
 
@@ -207,6 +213,7 @@ impl EventLoop {
                 message,
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
+            BehaviourEvent::Push(event) => self.on_push_event(event),
             BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
             BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
@@ -252,6 +259,11 @@ impl EventLoop {
             } => {
                 tracing::debug!(%peer, changes, impacted, "merged gossip");
             }
+            Done::PushMerged {
+                peer,
+                channel,
+                merged,
+            } => self.answer_push(peer, channel, merged),
             Done::GossipMergeFailed { peer, error } => {
                 tracing::error!(%peer, %error, "merging gossip failed; nothing was applied (anti-entropy will bring it again)");
             }

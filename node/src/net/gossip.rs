@@ -1,12 +1,15 @@
 //! Gossip: each local transaction published at once as one message on the deployment's topic;
-//! received messages checked by the one rule of `changeset::validate`, then merged.
+//! received messages checked by the one rule of `changeset::validate`, then merged. Browsers,
+//! which run no gossipsub, push their transactions instead (the push protocol): merged the
+//! same way, acknowledged, and gossiped on to the other nodes.
 
 use changeset::{Change, DbVersion};
 use libp2p::PeerId;
 use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::request_response::{self, ResponseChannel};
 
 use super::event_loop::{Done, EventLoop};
-use super::protocol::{self, GossipMessage};
+use super::protocol::{self, GossipMessage, PushAck};
 
 impl EventLoop {
     pub(super) fn on_gossip(
@@ -50,6 +53,91 @@ impl EventLoop {
                 gossip.report_message_validation_result(&id, &source, MessageAcceptance::Reject);
                 self.penalise(source, &format!("invalid gossip message: {error}"));
             }
+        }
+    }
+
+    pub(super) fn on_push_event(&mut self, event: request_response::Event<GossipMessage, PushAck>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_push(peer, request, channel),
+            request_response::Event::Message { .. }
+            | request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "push failed");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "receiving a push failed");
+            }
+        }
+    }
+
+    /// A transaction pushed by a peer of this deployment: checked like gossip, merged off the
+    /// loop, answered once merged.
+    fn on_push(&mut self, peer: PeerId, push: GossipMessage, channel: ResponseChannel<PushAck>) {
+        if self.peers.get(&peer).and_then(|p| p.node()).is_none() {
+            tracing::debug!(%peer, "push before identify; dropped");
+            return;
+        }
+        if let Err(error) = changeset::validate(&push.changes) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .push
+                .send_response(channel, PushAck::Refused);
+            self.penalise(peer, &format!("invalid push: {error}"));
+            return;
+        }
+        let Ok(slot) = self.gossip_slots.clone().try_acquire_owned() else {
+            // Unanswered: the pusher's request fails, and anti-entropy brings the changes.
+            tracing::debug!(%peer, "busy: leaving a push to anti-entropy");
+            return;
+        };
+        self.spawn_db(move |store| {
+            let _slot = slot;
+            let merged = store
+                .merge(&push.changes, None)
+                .map(|outcome| (push.changes, outcome.rows_impacted))
+                .map_err(|e| e.to_string());
+            Done::PushMerged {
+                peer,
+                channel,
+                merged,
+            }
+        });
+    }
+
+    pub(super) fn answer_push(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<PushAck>,
+        merged: Result<(Vec<Change>, i64), String>,
+    ) {
+        let ack = match merged {
+            Ok((changes, impacted)) => {
+                tracing::debug!(%peer, changes = changes.len(), impacted, "merged a push");
+                // The other nodes hear of it at once, as of a browser's HTTP push.
+                self.gossip_transactions(&changes);
+                PushAck::Merged
+            }
+            Err(error) => {
+                tracing::error!(%peer, %error, "merging a push failed; nothing was applied");
+                PushAck::Refused
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .push
+            .send_response(channel, ack)
+            .is_err()
+        {
+            tracing::debug!(%peer, "peer went away before its push was answered");
         }
     }
 

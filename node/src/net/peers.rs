@@ -368,11 +368,8 @@ mod tests {
     fn request_ids() -> (OutboundRequestId, OutboundRequestId) {
         use libp2p::request_response::{self, ProtocolSupport};
         let mut behaviour = request_response::Behaviour::with_codec(
-            super::super::protocol::SyncCodec,
-            [(
-                super::super::protocol::sync_protocol("test"),
-                ProtocolSupport::Full,
-            )],
+            p2p_protocol::SyncCodec,
+            [(p2p_protocol::sync_protocol("test"), ProtocolSupport::Full)],
             request_response::Config::default(),
         );
         let peer = PeerId::random();

@@ -1,10 +1,17 @@
-//! What nodes say to each other, and its encoding on the wire.
+//! What peers say to each other over libp2p, and its encoding on the wire: nodes and browsers
+//! speak exactly this, so one code path serves both.
 //!
-//! Two channels: gossip (`GossipMessage`, pushed to every node on the deployment's topic as
-//! soon as a local transaction commits) and sync (`SyncRequest` → `SyncResponse`, a pull of
-//! everything above the asker's watermark, page by page). Both carry changes in the binary
-//! change-batch format of `crates/changeset`; the envelope starts with a version byte so a
-//! future format can be told apart and refused with a clear error instead of misread.
+//! Three channels:
+//! - gossip (`GossipMessage`, published to every node on the deployment's gossipsub topic as
+//!   soon as a local transaction commits; nodes only);
+//! - push (the same message, sent to one peer by request-response and acknowledged: how a
+//!   browser, which runs no gossipsub, announces its transactions, and how it hears others');
+//! - sync (`SyncRequest` → `SyncResponse`, a pull of everything above the asker's watermark,
+//!   page by page).
+//!
+//! All carry changes in the binary change-batch format of `crates/changeset`; the envelope
+//! starts with a version byte so a future format can be told apart and refused with a clear
+//! error instead of misread.
 
 use std::io;
 
@@ -68,6 +75,33 @@ pub struct SyncCodec;
 pub fn sync_protocol(service_name: &str) -> StreamProtocol {
     StreamProtocol::try_from_owned(format!("/todo-hybrid/{service_name}/sync/1"))
         .unwrap_or(StreamProtocol::new("/todo-hybrid/sync/1"))
+}
+
+/// The push protocol id, named after the deployment like sync's.
+pub fn push_protocol(service_name: &str) -> StreamProtocol {
+    StreamProtocol::try_from_owned(format!("/todo-hybrid/{service_name}/push/1"))
+        .unwrap_or(StreamProtocol::new("/todo-hybrid/push/1"))
+}
+
+/// The rendezvous namespace browsers of a deployment register under on the relay.
+pub fn rendezvous_namespace(service_name: &str) -> String {
+    format!("todo-hybrid/{service_name}")
+}
+
+/// The largest push: one transaction (at most `MAX_CHANGES_PER_TRANSACTION` changes, each
+/// bounded by `changeset::validate`), as large as a node's gossip message may be.
+pub const MAX_PUSH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The push protocol's libp2p codec: the request is a [`GossipMessage`] in its wire form,
+/// the answer one byte (1: merged or already had; 0: refused).
+#[derive(Debug, Clone, Default)]
+pub struct PushCodec;
+
+/// Whether the receiver took the pushed transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushAck {
+    Merged,
+    Refused,
 }
 
 /// Reads one length-prefixed frame of at most `limit` bytes.
@@ -139,6 +173,57 @@ impl libp2p::request_response::Codec for SyncCodec {
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &sync_wire::encode_page(&res)).await
+    }
+}
+
+impl libp2p::request_response::Codec for PushCodec {
+    type Protocol = StreamProtocol;
+    type Request = GossipMessage;
+    type Response = PushAck;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<GossipMessage>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_gossip(&read_frame(io, MAX_PUSH_BYTES).await?).map_err(invalid)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<PushAck>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        match read_frame(io, 1).await?.as_slice() {
+            [1] => Ok(PushAck::Merged),
+            [0] => Ok(PushAck::Refused),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("push answer {other:?} is not 0 or 1"),
+            )),
+        }
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: GossipMessage,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode_gossip(&req)).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: PushAck,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &[u8::from(res == PushAck::Merged)]).await
     }
 }
 
@@ -214,6 +299,37 @@ mod tests {
         )
         .expect_err("refused");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(io.position(), 4, "only the length was read");
+    }
+
+    #[test]
+    fn pushes_round_trip_through_the_codec_and_oversized_ones_are_refused() {
+        use futures::executor::block_on;
+        let protocol = push_protocol("todo-hybrid");
+        let push = GossipMessage {
+            changes: vec![change("pushed")],
+        };
+        let mut wire = futures::io::Cursor::new(Vec::new());
+        block_on(PushCodec.write_request(&protocol, &mut wire, push.clone())).expect("write");
+        wire.set_position(0);
+        let read = block_on(PushCodec.read_request(&protocol, &mut wire)).expect("read");
+        assert_eq!(read, push);
+        for ack in [PushAck::Merged, PushAck::Refused] {
+            let mut wire = futures::io::Cursor::new(Vec::new());
+            block_on(PushCodec.write_response(&protocol, &mut wire, ack)).expect("write");
+            wire.set_position(0);
+            assert_eq!(
+                block_on(PushCodec.read_response(&protocol, &mut wire)).expect("read"),
+                ack
+            );
+        }
+        let mut frame = u32::try_from(MAX_PUSH_BYTES + 1)
+            .expect("fits")
+            .to_be_bytes()
+            .to_vec();
+        frame.extend_from_slice(&[1; 16]);
+        let mut io = futures::io::Cursor::new(frame);
+        assert!(block_on(PushCodec.read_request(&protocol, &mut io)).is_err());
         assert_eq!(io.position(), 4, "only the length was read");
     }
 
