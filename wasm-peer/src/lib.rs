@@ -130,6 +130,39 @@ impl WasmPeer {
         self.0.receive_page(json).map_err(js_err)
     }
 
+    /// Answers another browser's sync request (bytes in, bytes out: `changeset::sync::wire`).
+    #[wasm_bindgen(js_name = servePeer)]
+    pub fn serve_peer(&self, request: &[u8]) -> Result<Vec<u8>, JsError> {
+        self.0.serve_peer(request).map_err(js_err)
+    }
+
+    /// Merges one page another browser served; returns whether more pages follow.
+    #[wasm_bindgen(js_name = receivePeerPage)]
+    pub fn receive_peer_page(&mut self, page: &[u8]) -> Result<bool, JsError> {
+        self.0.receive_peer_page(page).map_err(js_err)
+    }
+
+    /// Merges a transaction another browser pushed; returns how many changes it held.
+    #[wasm_bindgen(js_name = mergePushed)]
+    pub fn merge_pushed(&mut self, batch: &[u8]) -> Result<usize, JsError> {
+        self.0.merge_pushed(batch).map_err(js_err)
+    }
+
+    /// The replica's db_version: before a write, where to announce it from.
+    #[wasm_bindgen(getter, js_name = dbVersion)]
+    pub fn db_version(&self) -> f64 {
+        self.0.db_version().0 as f64
+    }
+
+    /// Changes above `since` as a change batch to push to peers (empty when none).
+    #[wasm_bindgen(js_name = changesSince)]
+    pub fn changes_since(&self, since: f64) -> Vec<u8> {
+        self.0
+            .changes_since(version(since))
+            .map(|(batch, _)| batch)
+            .unwrap_or_default()
+    }
+
     /// Every todo as JSON (for tests and debugging).
     #[wasm_bindgen(js_name = todosJson)]
     pub fn todos_json(&self) -> Result<String, JsError> {

@@ -95,6 +95,27 @@ pub struct Peer {
     templates: Templates,
 }
 
+/// Where merged changes came from: a node holds them already; another browser may not have
+/// given them to any node yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Node,
+    Browser,
+}
+
+/// Merges `changes` as a node does: the sender's clock detached, in transactions small enough
+/// to push on whole, all or nothing.
+fn merge_whole(replica: &mut Replica, changes: &[Change]) -> Result<(), EngineError> {
+    let mut changes = changes.to_vec();
+    changeset::detach_sender_clock(&mut changes);
+    let mut next = replica.clone();
+    for chunk in changes.chunks(changeset::MAX_CHANGES_PER_TRANSACTION) {
+        next.merge(chunk)?;
+    }
+    *replica = next;
+    Ok(())
+}
+
 /// An error answered as a page, like the node's `AppError`.
 struct PageError {
     status: u16,
@@ -352,33 +373,91 @@ impl Peer {
             .site_id
             .parse()
             .map_err(|e: changeset::SiteIdParseError| PeerError::Page(e.to_string()))?;
-        let nothing_waiting = self.pushed_up_to >= self.replica.db_version();
         let page = changeset::Page {
             source,
             changes: page.changes,
             up_to: DbVersion(page.up_to),
             more: page.more,
         };
+        self.receive(page, Origin::Node)
+    }
+
+    /// Merges one page another browser served (`changeset::sync::wire`); whether more follow.
+    /// What it brings is not held by a node yet, so it waits to be pushed to one.
+    pub fn receive_peer_page(&mut self, wire: &[u8]) -> Result<bool, PeerError> {
+        let page =
+            changeset::sync::wire::decode_page(wire).map_err(|e| PeerError::Page(e.to_string()))?;
+        self.receive(page, Origin::Browser)
+    }
+
+    fn receive(&mut self, page: changeset::Page, origin: Origin) -> Result<bool, PeerError> {
+        let nothing_waiting = self.pushed_up_to >= self.replica.db_version();
         // The same rule as every node's for what it merges (changeset::validate).
         changeset::validate(&page.changes)
             .and_then(|()| changeset::validate::page_up_to(&page.changes, page.up_to, page.more))
             .map_err(|e| PeerError::Page(e.to_string()))?;
         let replica = &mut self.replica;
-        let more = self.pulled.receive(&page, |changes| {
-            let mut changes = changes.to_vec();
-            changeset::detach_sender_clock(&mut changes);
-            // As on a node: transactions small enough to push back whole.
-            let mut next = replica.clone();
-            for chunk in changes.chunks(changeset::MAX_CHANGES_PER_TRANSACTION) {
-                next.merge(chunk)?;
-            }
-            *replica = next;
-            Ok::<(), EngineError>(())
-        })?;
-        if nothing_waiting {
+        let more = self
+            .pulled
+            .receive(&page, |changes| merge_whole(replica, changes))?;
+        if nothing_waiting && origin == Origin::Node {
             self.pushed_up_to = self.replica.db_version();
         }
         Ok(more)
+    }
+
+    /// Answers another browser's sync request (`changeset::sync::wire`) from this replica,
+    /// within the limits every receiver accepts.
+    pub fn serve_peer(&self, request: &[u8]) -> Result<Vec<u8>, PeerError> {
+        let mut request = changeset::sync::wire::decode_request(request)
+            .map_err(|e| PeerError::Page(e.to_string()))?;
+        request.limits.max_changes = request
+            .limits
+            .max_changes
+            .clamp(1, changeset::MAX_CHANGES_PER_BATCH);
+        request.limits.max_bytes = request
+            .limits
+            .max_bytes
+            .min(PageLimits::default().max_bytes);
+        Ok(changeset::sync::wire::encode_page(
+            &self.replica.serve(&request),
+        ))
+    }
+
+    /// Merges a transaction another browser pushed (a change batch, `changeset::wire`).
+    pub fn merge_pushed(&mut self, batch: &[u8]) -> Result<usize, PeerError> {
+        let changes =
+            changeset::decode_changes(batch).map_err(|e| PeerError::Page(e.to_string()))?;
+        changeset::validate(&changes).map_err(|e| PeerError::Page(e.to_string()))?;
+        merge_whole(&mut self.replica, &changes)?;
+        Ok(changes.len())
+    }
+
+    /// Every change above `since` (this replica's db_version before a write), at most a
+    /// batch's worth of whole transactions, encoded as a change batch for pushing to peers;
+    /// and the db_version it reaches. `None` when there is nothing.
+    pub fn changes_since(&self, since: DbVersion) -> Option<(Vec<u8>, DbVersion)> {
+        let changes = self.replica.changes_since(since, None);
+        if changes.is_empty() {
+            return None;
+        }
+        let limits = PageLimits {
+            max_changes: changeset::MAX_CHANGES_PER_BATCH,
+            ..PageLimits::default()
+        };
+        let current = self.replica.db_version();
+        let page = cut_page(
+            self.site_id(),
+            changes,
+            since,
+            Fetched::All { current },
+            limits,
+        );
+        Some((changeset::encode_changes(&page.changes), page.up_to))
+    }
+
+    pub fn db_version(&self) -> DbVersion {
+        self.replica.db_version()
     }
 
     fn exists(&self, id: &str) -> bool {
@@ -693,5 +772,61 @@ mod tests {
         assert!(p.receive_page(&unknown_table.to_string()).is_err());
         assert_eq!(p.watermark(SiteId([1; 16])), DbVersion(0));
         assert!(p.todos().is_empty());
+    }
+
+    /// Two browsers with no node: each pulls the other's work page by page and hears each
+    /// new transaction by push; what came from the other browser waits to go to a node.
+    #[test]
+    fn two_browsers_sync_with_each_other_and_keep_it_for_a_node() {
+        const ID_C: &str = "0190a0b0-0000-7000-8000-00000000000c";
+        let mut alice = Peer::new(SiteId([0xA1; 16]));
+        let mut bob = Peer::new(SiteId([0xB0; 16]));
+        add(&mut alice, ID_A, "from alice");
+        let pull = |from: &Peer, to: &mut Peer| {
+            let mut rounds = 0;
+            loop {
+                let request = changeset::sync::wire::encode_request(&changeset::Request {
+                    requester: to.site_id(),
+                    since: to.watermark(from.site_id()),
+                    limits: PageLimits {
+                        max_changes: 2,
+                        ..PageLimits::default()
+                    },
+                });
+                let page = from.serve_peer(&request).expect("served");
+                rounds += 1;
+                if !to.receive_peer_page(&page).expect("merged") {
+                    return rounds;
+                }
+            }
+        };
+        assert!(pull(&alice, &mut bob) >= 1);
+        assert_eq!(bob.todos().len(), 1);
+        assert!(
+            bob.pending_changes() > 0,
+            "alice's todo waits for a node at bob's too"
+        );
+
+        let before = bob.db_version();
+        add(&mut bob, ID_C, "from bob");
+        let (batch, _) = bob.changes_since(before).expect("bob's new transaction");
+        assert_eq!(
+            alice.merge_pushed(&batch).expect("pushed"),
+            3,
+            "title, completed, created_at"
+        );
+        let titles = |p: &Peer| {
+            let mut t: Vec<String> = p.todos().into_iter().map(|t| t.title).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(titles(&alice), ["from alice", "from bob"]);
+        assert_eq!(titles(&alice), titles(&bob));
+        // Pulling again moves nothing new, and bad bytes are refused whole.
+        pull(&bob, &mut alice);
+        assert_eq!(titles(&alice), ["from alice", "from bob"]);
+        assert!(alice.merge_pushed(b"not a batch").is_err());
+        assert!(alice.receive_peer_page(&[1, 2, 3]).is_err());
+        assert!(alice.serve_peer(&[9; 29]).is_err());
     }
 }
