@@ -88,6 +88,56 @@ pub fn rendezvous_namespace(service_name: &str) -> String {
     format!("todo-hybrid/{service_name}")
 }
 
+/// Identify's protocol version: the peers of one deployment (MDNS_SERVICE_NAME) say the same,
+/// and only they are synced with.
+pub fn deployment_tag(service_name: &str) -> String {
+    format!("/todo-hybrid/{service_name}/1")
+}
+
+/// What a peer says of itself in its identify agent string: `<program>/<version>` then
+/// `site=<hex>`, `name=<name>` (a node's NODE_NAME) and `url=<origin>` (its PUBLIC_URL).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Agent {
+    pub site: Option<changeset::SiteId>,
+    pub name: Option<String>,
+    /// Where browsers reach it (PUBLIC_URL).
+    pub url: Option<String>,
+}
+
+impl Agent {
+    /// The agent string for `program` (e.g. `todo-node/0.1.0`).
+    pub fn to_agent_string(&self, program: &str) -> String {
+        let mut agent = program.to_owned();
+        if let Some(site) = self.site {
+            agent.push_str(&format!(" site={site}"));
+        }
+        if let Some(name) = &self.name {
+            agent.push_str(&format!(" name={}", name.replace(char::is_whitespace, "_")));
+        }
+        if let Some(url) = &self.url {
+            agent.push_str(&format!(" url={url}"));
+        }
+        agent
+    }
+
+    /// Reads `site=`, `name=` and `url=` (http or https only: pages are sent there).
+    pub fn parse(agent: &str) -> Self {
+        let mut out = Self::default();
+        for part in agent.split_whitespace() {
+            if let Some(hex) = part.strip_prefix("site=") {
+                out.site = hex.parse().ok();
+            } else if let Some(n) = part.strip_prefix("name=") {
+                out.name = Some(n.to_owned());
+            } else if let Some(u) = part.strip_prefix("url=")
+                && (u.starts_with("http://") || u.starts_with("https://"))
+            {
+                out.url = Some(u.to_owned());
+            }
+        }
+        out
+    }
+}
+
 /// The largest push: one transaction (at most `MAX_CHANGES_PER_TRANSACTION` changes, each
 /// bounded by `changeset::validate`), as large as a node's gossip message may be.
 pub const MAX_PUSH_BYTES: usize = 4 * 1024 * 1024;
@@ -331,6 +381,34 @@ mod tests {
         let mut io = futures::io::Cursor::new(frame);
         assert!(block_on(PushCodec.read_request(&protocol, &mut io)).is_err());
         assert_eq!(io.position(), 4, "only the length was read");
+    }
+
+    #[test]
+    fn agent_strings_name_site_node_and_public_url() {
+        let site = SiteId([0xAB; 16]);
+        let agent = Agent::parse(&format!(
+            "todo-node/0.1.0 site={site} name=a url=http://10.0.0.2:3001"
+        ));
+        assert_eq!(
+            agent,
+            Agent {
+                site: Some(site),
+                name: Some("a".into()),
+                url: Some("http://10.0.0.2:3001".into()),
+            }
+        );
+        assert_eq!(
+            Agent::parse(&agent.to_agent_string("todo-node/0.1.0")),
+            agent
+        );
+        let spaced = Agent {
+            name: Some("node a".into()),
+            ..Agent::default()
+        };
+        assert_eq!(spaced.to_agent_string("x"), "x name=node_a");
+        // A url that is not http(s) is ignored: pages would be sent there.
+        assert_eq!(Agent::parse("x url=javascript:alert(1)").url, None);
+        assert_eq!(Agent::parse("todo-node/0.1.0"), Agent::default());
     }
 
     #[test]

@@ -35,28 +35,18 @@ pub(super) struct Behaviour {
     pub dcutr: dcutr::Behaviour,
 }
 
-/// Identify's protocol version: nodes of one deployment (MDNS_SERVICE_NAME) say the same.
-pub(super) fn deployment_tag(service: &str) -> String {
-    format!("/todo-hybrid/{service}/1")
-}
-
 pub(super) fn changes_topic(service: &str) -> IdentTopic {
     IdentTopic::new(format!("todo-hybrid/{service}/changes/1"))
 }
 
-/// Identify's agent string: how this node names itself to others (read by
-/// [`super::peers::parse_agent`]).
+/// Identify's agent string: how this node names itself to others.
 fn agent_string(config: &Config, site: SiteId) -> String {
-    let mut agent = format!(
-        "todo-node/{} site={} name={}",
-        env!("CARGO_PKG_VERSION"),
-        site,
-        config.node_name.replace(' ', "_")
-    );
-    if let Some(url) = &config.public_url {
-        agent.push_str(&format!(" url={url}"));
-    }
-    agent
+    let agent = protocol::Agent {
+        site: Some(site),
+        name: Some(config.node_name.clone()),
+        url: config.public_url.clone(),
+    };
+    agent.to_agent_string(concat!("todo-node/", env!("CARGO_PKG_VERSION")))
 }
 
 /// TCP, QUIC, WebSocket (for browsers), DNS, the relay client transport, and the behaviours
@@ -67,7 +57,7 @@ pub(super) async fn build_swarm(
     site: SiteId,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let service = config.mdns_service_name.clone();
-    let protocol_version = deployment_tag(&service);
+    let protocol_version = protocol::deployment_tag(&service);
     let agent = agent_string(config, site);
     let enable_mdns = config.enable_mdns;
     let connection_limits = ConnectionLimits::default()

@@ -12,9 +12,9 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId, identify, relay};
 
 use super::BAN_DURATION;
-use super::behaviour::deployment_tag;
 use super::event_loop::EventLoop;
 use super::handle::{ConnectionKind, PeerInfo};
+use super::protocol::{Agent, deployment_tag};
 
 pub(super) struct Peer {
     pub connections: HashMap<ConnectionId, Connection>,
@@ -206,32 +206,6 @@ impl Peer {
     }
 }
 
-/// What a node says of itself in its identify agent string.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct Agent {
-    pub site: Option<SiteId>,
-    pub name: Option<String>,
-    /// Where browsers reach it (PUBLIC_URL).
-    pub url: Option<String>,
-}
-
-/// Reads `site=<hex>`, `name=<name>` and `url=<origin>` from a peer's identify agent string.
-pub(super) fn parse_agent(agent: &str) -> Agent {
-    let mut out = Agent::default();
-    for part in agent.split_whitespace() {
-        if let Some(hex) = part.strip_prefix("site=") {
-            out.site = hex.parse().ok();
-        } else if let Some(n) = part.strip_prefix("name=") {
-            out.name = Some(n.to_owned());
-        } else if let Some(u) = part.strip_prefix("url=")
-            && (u.starts_with("http://") || u.starts_with("https://"))
-        {
-            out.url = Some(u.to_owned());
-        }
-    }
-    out
-}
-
 impl EventLoop {
     /// The nodes of this deployment, for /api/peers.
     pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
@@ -318,7 +292,7 @@ impl EventLoop {
             }
             return;
         }
-        let agent = parse_agent(&info.agent_version);
+        let agent = Agent::parse(&info.agent_version);
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -427,24 +401,5 @@ mod tests {
         assert!(!peer.page_arrived(first));
         assert!(!peer.round_due(Duration::from_secs(1), t0));
         assert!(peer.round_due(Duration::from_secs(1), t0 + Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn agent_strings_name_site_node_and_public_url() {
-        let site = SiteId([0xAB; 16]);
-        let agent = parse_agent(&format!(
-            "todo-node/0.1.0 site={site} name=a url=http://10.0.0.2:3001"
-        ));
-        assert_eq!(
-            agent,
-            Agent {
-                site: Some(site),
-                name: Some("a".into()),
-                url: Some("http://10.0.0.2:3001".into()),
-            }
-        );
-        // A url that is not http(s) is ignored: pages would be sent there.
-        assert_eq!(parse_agent("x url=javascript:alert(1)").url, None);
-        assert_eq!(parse_agent("todo-node/0.1.0"), Agent::default());
     }
 }
