@@ -37,9 +37,8 @@
 //! - [`gossip`]: publishing local transactions and merging received ones.
 //! - [`relays`]: finding relays and keeping a reservation on each.
 //! - [`protocol`]: the messages on the wire (crates/p2p-protocol, shared with browsers);
-//!   [`backoff`]: the one backoff.
+//!   its `Backoff` is the one backoff.
 
-mod backoff;
 mod behaviour;
 mod discovery;
 mod event_loop;

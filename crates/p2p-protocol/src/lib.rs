@@ -13,12 +13,16 @@
 //! starts with a version byte so a future format can be told apart and refused with a clear
 //! error instead of misread.
 
+mod backoff;
+
 use std::io;
 
 use changeset::Change;
 use changeset::sync::wire as sync_wire;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+
+pub use backoff::Backoff;
 
 /// Envelope version of every message below.
 const WIRE_V1: u8 = 1;

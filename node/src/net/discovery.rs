@@ -7,8 +7,8 @@ use std::time::Instant;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, mdns};
 
-use super::backoff::Backoff;
 use super::event_loop::EventLoop;
+use super::protocol::Backoff;
 
 /// A peer to dial again, with backoff, while not connected: a bootstrap peer (for ever), or one
 /// found by mDNS (until its mDNS record expires, or it turns out to be of another deployment).

@@ -10,10 +10,10 @@ use libp2p::{Multiaddr, PeerId, relay};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::Backoff;
 use super::discovery::{is_relayed, peer_of, relay_of};
 use super::event_loop::EventLoop;
 use super::handle::{Command, RelayInfo, Reservation};
+use super::protocol::Backoff;
 use crate::config::{Config, RelayAddr};
 
 /// The relays this node knows of.

@@ -1,5 +1,5 @@
-//! Exponential backoff for asking again: a bootstrap peer to redial, a relay to reserve on, a
-//! relay's HTTP server to read `/addrs` from.
+//! Exponential backoff for asking again: a peer to redial, a relay to reserve on, a relay's
+//! HTTP server to read `/addrs` from (nodes and browsers alike).
 
 use std::time::Duration;
 
