@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the browser peer (wasm-peer/) into $WASM_BUNDLE_DIR: cargo for wasm32 with the
+# Builds the browser's two modules into $WASM_BUNDLE_DIR: the offline replica (wasm-peer/,
+# every page in offline mode and the service worker's cache) and the libp2p peer
+# (browser-p2p/, loaded only in offline mode). Each: cargo for wasm32 with the
 # size-optimised wasm-release profile, wasm-bindgen (the CLI of exactly the version in
 # Cargo.lock, installed under ~/.cache when missing), then wasm-opt -Oz from npm's binaryen
 # (Debian's is too old and emits broken modules). Prints raw and gzip sizes. Quick when
@@ -39,17 +41,22 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1
 install_bindgen
 install_binaryen
 
-cargo build --quiet --locked -p wasm-peer --target wasm32-unknown-unknown --profile wasm-release
-input=$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/wasm_peer.wasm
-input_sum=$(sha256sum "$input" | cut -d' ' -f1)
+cargo build --quiet --locked -p wasm-peer -p browser-p2p --target wasm32-unknown-unknown --profile wasm-release
+modules=(wasm_peer browser_p2p)
+inputs=()
+for m in "${modules[@]}"; do inputs+=("$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/$m.wasm"); done
+input_sum=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$WASM_BUNDLE_DIR/.input.sha256" 2>/dev/null)" != "$input_sum" ]; then
   work=$(mktemp -d "$TODO_CACHE/wasm-bundle.XXXXXX")
   trap 'rm -rf "$work"' EXIT
-  "$bindgen_dir/bin/wasm-bindgen" --target web --no-typescript --out-dir "$work" "$input"
-  "$binaryen_dir/node_modules/.bin/wasm-opt" -Oz --enable-bulk-memory --enable-sign-ext \
-    --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types \
-    --enable-multivalue -o "$work/wasm_peer_bg.opt.wasm" "$work/wasm_peer_bg.wasm"
-  mv "$work/wasm_peer_bg.opt.wasm" "$work/wasm_peer_bg.wasm"
+  for input in "${inputs[@]}"; do
+    m=$(basename "$input" .wasm)
+    "$bindgen_dir/bin/wasm-bindgen" --target web --no-typescript --out-dir "$work" "$input"
+    "$binaryen_dir/node_modules/.bin/wasm-opt" -Oz --enable-bulk-memory --enable-sign-ext \
+      --enable-nontrapping-float-to-int --enable-mutable-globals --enable-reference-types \
+      --enable-multivalue -o "$work/${m}_bg.opt.wasm" "$work/${m}_bg.wasm"
+    mv "$work/${m}_bg.opt.wasm" "$work/${m}_bg.wasm"
+  done
   echo "$input_sum" > "$work/.input.sha256"
   # Replace the bundle in one step, so a half-written one is never embedded.
   rm -rf "$WASM_BUNDLE_DIR.old"
@@ -59,7 +66,9 @@ if [ "$(cat "$WASM_BUNDLE_DIR/.input.sha256" 2>/dev/null)" != "$input_sum" ]; th
   trap - EXIT
 fi
 
-for f in wasm_peer_bg.wasm wasm_peer.js; do
-  printf '%-20s %8d bytes raw, %7d bytes gzip\n' "$f" \
-    "$(stat -c %s "$WASM_BUNDLE_DIR/$f")" "$(gzip -9c "$WASM_BUNDLE_DIR/$f" | wc -c)"
+for m in "${modules[@]}"; do
+  for f in "${m}_bg.wasm" "$m.js"; do
+    printf '%-22s %8d bytes raw, %7d bytes gzip\n' "$f" \
+      "$(stat -c %s "$WASM_BUNDLE_DIR/$f")" "$(gzip -9c "$WASM_BUNDLE_DIR/$f" | wc -c)"
+  done
 done

@@ -100,7 +100,13 @@ fn wasm_bundle(cache: &Path) {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache.join("wasm-bundle"));
     let mut absent = Vec::new();
-    for file in ["wasm_peer.js", "wasm_peer_bg.wasm"] {
+    let files = [
+        "wasm_peer.js",
+        "wasm_peer_bg.wasm",
+        "browser_p2p.js",
+        "browser_p2p_bg.wasm",
+    ];
+    for file in files {
         let path = dir.join(file);
         println!("cargo::rerun-if-changed={}", path.display());
         if !path.is_file() {
@@ -123,7 +129,7 @@ fn wasm_bundle(cache: &Path) {
         "WASM_BUNDLE_BUILD_PROBLEM",
         &format!(
             "the browser peer's bundle is missing ({} not found): run ci/build-wasm.sh (it \
-             builds wasm-peer/ for the browser into {}), then build again",
+             builds wasm-peer/ and browser-p2p/ for the browser into {}), then build again",
             absent.join(", "),
             dir.display()
         ),

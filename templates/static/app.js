@@ -9,6 +9,12 @@
 // known nodes are probed, and when one answers, the waiting changes are pushed, the missed ones
 // pulled, and the page returns to server mode by itself.
 //
+// Peer-to-peer (offline mode only; a page in server mode never downloads it): the browser's
+// libp2p peer (browser-p2p) reserves a slot on the deployment's relays, finds the other browsers
+// there by rendezvous (and redials those it met before), and syncs this replica with them and
+// with any node it reaches over libp2p. Changes from other browsers wait in the replica and are
+// pushed to a node when one answers again.
+//
 // The replica is one blob in OPFS (localStorage when OPFS is missing), read and written under a
 // Web Lock, so tabs of the same origin never overwrite each other's changes.
 import init, { Peer } from "/static/wasm/wasm_peer.js";
@@ -17,6 +23,13 @@ const STATE_FILE = "todo-replica.v1";
 const LOCK = "todo-replica";
 const KNOWN_NODES_KEY = "todo-known-nodes";
 const NODE_NAME_KEY = "todo-node-name";
+// What the node told about peer-to-peer: {deployment, relays: [multiaddr], nodes: [peer id]}.
+const P2P_CONFIG_KEY = "todo-p2p-config";
+// This browser's libp2p identity (protobuf, base64), and the peers it met (peer ids).
+const P2P_KEY_KEY = "todo-p2p-key";
+const P2P_PEERS_KEY = "todo-p2p-peers";
+// Only one tab of an origin runs the libp2p peer (they share the identity and the replica).
+const P2P_LOCK = "todo-p2p";
 // How often a page in server mode syncs with its node. Also how long, at worst, a change made
 // on another node takes to reach this browser's replica.
 const SYNC_INTERVAL_MS = 2000;
@@ -41,6 +54,9 @@ let probeRunning = false;
 // For people debugging, and for the browser tests.
 window.todoApp = status;
 status.replicaTodos = () => withPeer((p) => JSON.parse(p.todosJson()));
+// The libp2p peer, once started (offline mode).
+let p2p = null;
+status.p2p = () => (p2p ? JSON.parse(p2p.status()) : null);
 
 const storage = await openStorage();
 status.storage = storage.kind;
@@ -219,6 +235,78 @@ async function startOffline() {
   }
   status.ready = true;
   if (!probing) probing = setInterval(probe, PROBE_INTERVAL_MS);
+  startP2p().catch((e) => console.warn("peer-to-peer not started:", e));
+}
+
+// --- peer-to-peer (offline mode) ------------------------------------------------------------
+
+function bytesToBase64(bytes) {
+  return btoa(String.fromCharCode(...bytes));
+}
+
+function base64ToBytes(text) {
+  return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+async function startP2p() {
+  if (p2p) return;
+  const config = JSON.parse(localStorage.getItem(P2P_CONFIG_KEY) || "null");
+  if (!config || config.relays.length === 0) {
+    console.info("peer-to-peer: no relay known yet (a node tells them once it serves a page)");
+    return;
+  }
+  // Held for the life of the page: another tab of this origin runs the peer meanwhile.
+  navigator.locks.request(P2P_LOCK, { ifAvailable: true }, async (lock) => {
+    if (!lock) {
+      console.info("peer-to-peer runs in another tab");
+      return;
+    }
+    const { default: initP2p, P2p } = await import("/static/wasm/browser_p2p.js");
+    await initP2p();
+    let key = localStorage.getItem(P2P_KEY_KEY);
+    if (!key) {
+      key = bytesToBase64(P2p.newKey());
+      localStorage.setItem(P2P_KEY_KEY, key);
+    }
+    const siteId = await withPeer((p) => p.siteId);
+    const remembered = JSON.parse(localStorage.getItem(P2P_PEERS_KEY) || "[]");
+    p2p = P2p.start({
+      key: base64ToBytes(key),
+      deployment: config.deployment,
+      siteId,
+      relays: config.relays,
+      knownPeers: [...remembered, ...config.nodes.filter((n) => !remembered.includes(n))],
+      serve: (request) => withPeer((p) => p.servePeer(request)),
+      receive: async (page) => {
+        const more = await withPeer((p) => p.receivePeerPage(page), { save: true });
+        scheduleRender();
+        return more;
+      },
+      merge: async (batch) => {
+        const changes = await withPeer((p) => p.mergePushed(batch), { save: true });
+        scheduleRender();
+        return changes;
+      },
+      watermark: (site) => withPeer((p) => p.watermark(site)),
+      remember: (peers) => localStorage.setItem(P2P_PEERS_KEY, JSON.stringify(peers)),
+    });
+    await new Promise(() => {}); // keep the lock while the page lives
+  });
+}
+
+// Shows what peers brought, unless the user is typing (then a moment later).
+let renderTimer = null;
+function scheduleRender() {
+  if (status.mode !== "offline" || renderTimer) return;
+  renderTimer = setTimeout(async () => {
+    renderTimer = null;
+    const active = document.activeElement;
+    if (active && active.tagName === "INPUT" && active.type === "text" && active.value) {
+      scheduleRender();
+      return;
+    }
+    await renderLocal();
+  }, 100);
 }
 
 function nodeName() {
@@ -238,7 +326,15 @@ function show(html) {
 }
 
 async function applyLocally(action, fields, { replace = false } = {}) {
-  const json = await withPeer((p) => p.submit(action, fields, Date.now(), uuidv7(), nodeName()), { save: true });
+  const { json, batch } = await withPeer(
+    (p) => {
+      const before = p.dbVersion;
+      const json = p.submit(action, fields, Date.now(), uuidv7(), nodeName());
+      return { json, batch: p.changesSince(before) };
+    },
+    { save: true },
+  );
+  if (p2p && batch.length > 0) p2p.announce(batch);
   const outcome = JSON.parse(json);
   if (outcome.kind === "redirect") {
     const same = location.pathname + location.search === outcome.location;
@@ -326,6 +422,11 @@ async function learnNodes() {
   try {
     const peers = await (await fetchWithTimeout("/api/peers", {}, HEALTH_TIMEOUT_MS)).json();
     for (const peer of peers.peers || []) if (peer.public_url) rememberNode(peer.public_url);
+    const relays = (peers.relays || []).flatMap((r) => r.browser_addrs || []);
+    if (peers.deployment && relays.length > 0) {
+      const nodes = [peers.peer_id, ...(peers.peers || []).map((p) => p.peer_id)];
+      localStorage.setItem(P2P_CONFIG_KEY, JSON.stringify({ deployment: peers.deployment, relays, nodes }));
+    }
   } catch (e) {
     console.debug("could not list the other nodes:", e);
   }

@@ -17,6 +17,9 @@ const PRECACHE = [
   "/static/app.js",
   "/static/wasm/wasm_peer.js",
   "/static/wasm/wasm_peer_bg.wasm",
+  // Only pages in offline mode load the peer-to-peer module; it is cached for them.
+  "/static/wasm/browser_p2p.js",
+  "/static/wasm/browser_p2p_bg.wasm",
   "/static/manifest.webmanifest",
   "/static/icons/icon.svg",
   "/static/icons/icon-192.png",

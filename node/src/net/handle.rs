@@ -57,12 +57,19 @@ pub struct RelayInfo {
     pub connected: bool,
     /// Why the last reservation ended or failed, if it did.
     pub last_error: Option<String>,
+    /// Its WebSocket addresses (from identify): where browsers reach it.
+    pub browser_addrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NetStatus {
     pub peer_id: String,
+    /// MDNS_SERVICE_NAME: browsers of this deployment meet under it on the relays.
+    pub deployment: String,
     pub listen_addrs: Vec<String>,
+    /// This node's WebSocket addresses (P2P_LISTEN with `/ws`), where a browser can sync with
+    /// it over libp2p.
+    pub browser_addrs: Vec<String>,
     pub peers: Vec<PeerInfo>,
     pub relays: Vec<RelayInfo>,
 }
@@ -107,9 +114,17 @@ impl NetHandle {
 
 impl EventLoop {
     pub(super) fn status(&self) -> NetStatus {
+        let me = *self.swarm.local_peer_id();
         NetStatus {
-            peer_id: self.swarm.local_peer_id().to_string(),
+            peer_id: me.to_string(),
+            deployment: self.service.clone(),
             listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+            browser_addrs: self
+                .swarm
+                .listeners()
+                .filter(|a| super::relays::is_websocket(a))
+                .map(|a| a.clone().with_p2p(me).unwrap_or_else(|a| a).to_string())
+                .collect(),
             peers: self.peer_infos(),
             relays: self.relay_infos(),
         }

@@ -275,6 +275,7 @@ impl EventLoop {
     /// (kept), or anything else (disconnected and refused for a while).
     pub(super) fn on_identified(&mut self, peer_id: PeerId, info: identify::Info) {
         let ours = deployment_tag(&self.service);
+        self.relays.learned_addrs(peer_id, &info.listen_addrs);
         if info.protocol_version != ours {
             let is_relay = self.relays.is_known(&peer_id)
                 || info.protocols.contains(&relay::HOP_PROTOCOL_NAME);

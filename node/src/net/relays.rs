@@ -32,6 +32,8 @@ struct RelayState {
     backoff: Backoff,
     /// Why the last reservation ended or failed, if it did.
     last_error: Option<String>,
+    /// Its WebSocket addresses, as it said in identify: where browsers reach it.
+    browser_addrs: Vec<Multiaddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,7 @@ impl RelayState {
             reservation: ReservationState::Waiting { next_at: now },
             backoff: Backoff::new(),
             last_error: None,
+            browser_addrs: Vec::new(),
         }
     }
 
@@ -87,6 +90,26 @@ impl Relays {
     pub fn is_known(&self, peer: &PeerId) -> bool {
         self.known.contains(peer)
     }
+
+    /// A relay of RELAY_ADDRS told its listen addresses (identify): keep the WebSocket ones,
+    /// with its id, for browsers.
+    pub fn learned_addrs(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        if let Some(relay) = self.reservations.get_mut(&peer) {
+            relay.browser_addrs = addrs
+                .iter()
+                .filter(|a| is_websocket(a))
+                .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a))
+                .collect();
+        }
+    }
+}
+
+/// A direct WebSocket address (what a browser can dial), not a circuit.
+pub(super) fn is_websocket(addr: &Multiaddr) -> bool {
+    !is_relayed(addr)
+        && addr
+            .iter()
+            .any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
 }
 
 impl EventLoop {
@@ -104,6 +127,7 @@ impl EventLoop {
                 },
                 connected: self.swarm.is_connected(id),
                 last_error: r.last_error.clone(),
+                browser_addrs: r.browser_addrs.iter().map(ToString::to_string).collect(),
             })
             .collect()
     }
