@@ -1,7 +1,10 @@
 //! The app in a real browser (headless Chromium driven over WebDriver) against real nodes:
 //! the PWA keeps working when its node is down, keeps offline work across a browser restart
 //! (OPFS), and syncs it back to the node — and through it to the other node — when the node
-//! returns. And without JavaScript, every action works through the plain forms.
+//! returns. Two browsers keep collaborating peer-to-peer through the relay while every node is
+//! down, find each other again after reloads, restarts and a relay restart, and hand their
+//! work to the node when it returns. And without JavaScript, every action works through the
+//! plain forms.
 
 mod common;
 
@@ -443,4 +446,306 @@ async fn with_its_node_still_down_a_page_fails_over_to_another_known_node() {
     assert!(page.contains("Written while both were down") && page.contains("<strong>b</strong>"));
     browser.quit().await;
     b.stop().await;
+}
+
+/// The relay in-process on fixed loopback ports (so a restart keeps its addresses, which the
+/// browsers learned from the node), data in `dir` (so it keeps its peer id).
+struct InProcessRelay {
+    config: todo_relay::Config,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessRelay {
+    async fn start(config: todo_relay::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.http_addr())
+            .await
+            .expect("bind the relay's HTTP port");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(todo_relay::run(config.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let relay = Self {
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        eventually("the relay answers /health", WAIT, || async {
+            let url = format!("http://{}/health", relay.config.http_addr());
+            common::client()
+                .get(url)
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await;
+        relay
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.config.http_addr())
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("relay task")
+                .expect("the relay ran cleanly");
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        *self = Self::start(self.config.clone()).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The page's peer-to-peer status (`P2p.status()`), or null before it started.
+async fn p2p_status(browser: &Browser) -> Value {
+    browser
+        .execute(
+            "return window.todoApp?.p2p ? todoApp.p2p() : null",
+            json!([]),
+        )
+        .await
+}
+
+async fn wait_connected(browser: &Browser, who: &str, other: &str) {
+    wait_js(
+        browser,
+        &format!("{who} syncing with {other} peer-to-peer"),
+        &format!(
+            "todoApp.mode === 'offline' && todoApp.p2p() \
+             && todoApp.p2p().peers.some((p) => p.peer_id === '{other}')"
+        ),
+    )
+    .await;
+}
+
+async fn peer_id(browser: &Browser, who: &str) -> String {
+    wait_js(
+        browser,
+        &format!("{who}'s peer-to-peer peer started"),
+        "window.todoApp?.p2p && todoApp.p2p()",
+    )
+    .await;
+    p2p_status(browser).await["peer_id"]
+        .as_str()
+        .expect("a peer id")
+        .to_owned()
+}
+
+async fn wait_text(browser: &Browser, who: &str, titles: &[&str]) {
+    let checks: Vec<String> = titles
+        .iter()
+        .map(|t| format!("document.body.textContent.includes({})", json!(t)))
+        .collect();
+    wait_js(
+        browser,
+        &format!("{who}'s page showing {titles:?}"),
+        &checks.join(" && "),
+    )
+    .await;
+}
+
+/// The seed's collaboration scenario with no node at all, then reloads, browser restarts and a
+/// relay restart while the nodes stay down, then a node's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut relay_config = todo_relay::Config::with_data_dir(dir.path().join("relay"));
+    relay_config.http_port = free_port();
+    relay_config.p2p_listen = vec![
+        format!("/ip4/127.0.0.1/tcp/{}", free_port())
+            .parse()
+            .expect("addr"),
+        format!("/ip4/127.0.0.1/tcp/{}/ws", free_port())
+            .parse()
+            .expect("addr"),
+    ];
+    relay_config.log = "warn".into();
+    let mut relay = InProcessRelay::start(relay_config).await;
+
+    let relay_url = relay.url();
+    let node_config = || {
+        let mut c = p2p_config(&dir.path().join("a"), "a", &[]);
+        c.relay_addrs = vec![relay_url.parse().expect("relay url")];
+        c
+    };
+    let a = TestNode::start_with(node_config()).await;
+    let a_addr = a.addr;
+    eventually(
+        "node A holds a reservation and knows the relay's WebSocket address",
+        WAIT,
+        || async {
+            let peers = get_json(&a, "/api/peers").await;
+            let relay = &peers["relays"][0];
+            (relay["reservation"] == "active" && relay["browser_addrs"][0].is_string())
+                .then_some(())
+        },
+    )
+    .await;
+
+    let (_alice_parent, alice_profile) = profile_dir();
+    let (_bob_parent, bob_profile) = profile_dir();
+    let open = |profile: &std::path::Path| {
+        let profile = profile.to_owned();
+        async move {
+            let browser = Browser::start(BrowserOptions {
+                profile: &profile,
+                javascript: true,
+            })
+            .await;
+            browser.goto(&format!("http://{a_addr}/")).await;
+            browser
+        }
+    };
+    let alice = open(&alice_profile).await;
+    let bob = open(&bob_profile).await;
+    for (browser, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        wait_js(
+            browser,
+            &format!("{who}'s page in server mode, with the relays learned"),
+            "window.todoApp?.ready && todoApp.mode === 'server' \
+             && navigator.serviceWorker.controller \
+             && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
+        )
+        .await;
+    }
+
+    // 1. Every node stops. Each page works offline, and the two find each other by rendezvous.
+    a.stop().await;
+    let all_down = Instant::now();
+    let alice_id = peer_id(&alice, "Alice").await;
+    let bob_id = peer_id(&bob, "Bob").await;
+    wait_connected(&alice, "Alice", &bob_id).await;
+    wait_connected(&bob, "Bob", &alice_id).await;
+    let found_each_other = all_down.elapsed();
+    // Each remembers the other, to dial at once after a reload or restart.
+    let remembered = alice
+        .execute("return localStorage.getItem('todo-p2p-peers')", json!([]))
+        .await;
+    assert!(
+        remembered.as_str().is_some_and(|r| r.contains(&bob_id)),
+        "Alice remembers Bob: {remembered}"
+    );
+
+    for title in ["Alice 1", "Alice 2", "Alice 3"] {
+        add_via_form(&alice, title).await;
+    }
+    let alice_wrote = Instant::now();
+    wait_text(&bob, "Bob", &["Alice 1", "Alice 2", "Alice 3"]).await;
+    let alice_to_bob = alice_wrote.elapsed();
+    let from_all_down_to_bob = all_down.elapsed();
+    for title in ["Bob 1", "Bob 2", "Bob 3"] {
+        add_via_form(&bob, title).await;
+    }
+    let six = ["Alice 1", "Alice 2", "Alice 3", "Bob 1", "Bob 2", "Bob 3"];
+    wait_text(&alice, "Alice", &six).await;
+    wait_text(&bob, "Bob", &six).await;
+
+    // Bob completes one of Alice's; Alice sees it.
+    let item = item_id(&bob, "Alice 2").await;
+    bob.click(&format!("#{item} .toggle button")).await;
+    wait_js(
+        &alice,
+        "Alice 2 completed on Alice's page",
+        &format!("document.querySelector('#{item}.completed')"),
+    )
+    .await;
+
+    // 2. Both reload, then both browsers restart on the same profiles; the nodes stay down.
+    // They find each other again from what they remember, and keep syncing.
+    alice.refresh().await;
+    bob.refresh().await;
+    let reloaded = Instant::now();
+    wait_connected(&alice, "Alice after a reload", &bob_id).await;
+    wait_connected(&bob, "Bob after a reload", &alice_id).await;
+    let found_after_reload = reloaded.elapsed();
+    alice.quit().await;
+    bob.quit().await;
+    let alice = open(&alice_profile).await;
+    let bob = open(&bob_profile).await;
+    let restarted = Instant::now();
+    wait_connected(&alice, "Alice after a browser restart", &bob_id).await;
+    wait_connected(&bob, "Bob after a browser restart", &alice_id).await;
+    let found_after_restart = restarted.elapsed();
+    add_via_form(&alice, "After the restart").await;
+    wait_text(&bob, "Bob", &["After the restart"]).await;
+
+    // 4. The relay restarts (same addresses and identity): both reserve again and resume.
+    relay.restart().await;
+    let relay_back = Instant::now();
+    wait_js(
+        &bob,
+        "Bob's reservation back after the relay restart",
+        "todoApp.p2p().relays.every((r) => r.reservation === 'active')",
+    )
+    .await;
+    wait_connected(&alice, "Alice after the relay restart", &bob_id).await;
+    wait_connected(&bob, "Bob after the relay restart", &alice_id).await;
+    add_via_form(&bob, "After the relay restart").await;
+    wait_text(&alice, "Alice", &["After the relay restart"]).await;
+    let resumed_after_relay = relay_back.elapsed();
+
+    // 3. The node returns: it ends up with all the work of both, and both pages go back to
+    // server mode.
+    let a = TestNode::start_at(node_config(), a_addr).await;
+    let everything = sorted(&[
+        "Alice 1",
+        "Alice 2",
+        "Alice 3",
+        "Bob 1",
+        "Bob 2",
+        "Bob 3",
+        "After the restart",
+        "After the relay restart",
+    ]);
+    for (browser, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        wait_js(
+            browser,
+            &format!("{who}'s page back in server mode"),
+            "window.todoApp?.ready && todoApp.mode === 'server'",
+        )
+        .await;
+    }
+    eventually("node A holds the work of both browsers", WAIT, || async {
+        (titles(&a).await == everything).then_some(())
+    })
+    .await;
+    let on_a = rows(&a).await;
+    assert!(
+        on_a.iter().any(|(_, t, done)| t == "Alice 2" && *done),
+        "Bob's toggle of Alice's todo reached the node: {on_a:?}"
+    );
+
+    eprintln!(
+        "figures: all nodes down -> Alice and Bob connected: {} ms; Alice's 3 todos -> on \
+         Bob's page: {} ms (from all nodes down: {} ms); reload -> connected again: {} ms; \
+         browser restart -> connected again: {} ms; relay restart -> a todo through it again: \
+         {} ms",
+        found_each_other.as_millis(),
+        alice_to_bob.as_millis(),
+        from_all_down_to_bob.as_millis(),
+        found_after_reload.as_millis(),
+        found_after_restart.as_millis(),
+        resumed_after_relay.as_millis(),
+    );
+    alice.quit().await;
+    bob.quit().await;
+    a.stop().await;
+    relay.stop().await;
 }

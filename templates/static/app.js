@@ -277,16 +277,8 @@ async function startP2p() {
       relays: config.relays,
       knownPeers: [...remembered, ...config.nodes.filter((n) => !remembered.includes(n))],
       serve: (request) => withPeer((p) => p.servePeer(request)),
-      receive: async (page) => {
-        const more = await withPeer((p) => p.receivePeerPage(page), { save: true });
-        scheduleRender();
-        return more;
-      },
-      merge: async (batch) => {
-        const changes = await withPeer((p) => p.mergePushed(batch), { save: true });
-        scheduleRender();
-        return changes;
-      },
+      receive: (page) => mergeFromPeer((p) => p.receivePeerPage(page)),
+      merge: (batch) => mergeFromPeer((p) => p.mergePushed(batch)),
       watermark: (site) => withPeer((p) => p.watermark(site)),
       remember: (peers) => localStorage.setItem(P2P_PEERS_KEY, JSON.stringify(peers)),
     });
@@ -294,18 +286,29 @@ async function startP2p() {
   });
 }
 
-// Shows what peers brought, unless the user is typing (then a moment later).
+// Merges what a peer sent (saved before it is shown); the page is rendered again only when it
+// changed the replica.
+async function mergeFromPeer(merge) {
+  const { result, changed } = await withPeer(
+    (p) => {
+      const before = p.dbVersion;
+      const result = merge(p);
+      return { result, changed: p.dbVersion !== before };
+    },
+    { save: true },
+  );
+  if (changed) scheduleRender();
+  return result;
+}
+
+// Shows what peers brought. What the user is typing stays: the new-todo field is carried over
+// into the new page as it is (same element, value and focus).
 let renderTimer = null;
 function scheduleRender() {
   if (status.mode !== "offline" || renderTimer) return;
   renderTimer = setTimeout(async () => {
     renderTimer = null;
-    const active = document.activeElement;
-    if (active && active.tagName === "INPUT" && active.type === "text" && active.value) {
-      scheduleRender();
-      return;
-    }
-    await renderLocal();
+    await renderLocal({ keepTyping: true });
   }, 100);
 }
 
@@ -313,16 +316,22 @@ function nodeName() {
   return localStorage.getItem(NODE_NAME_KEY) || "";
 }
 
-async function renderLocal() {
+async function renderLocal({ keepTyping = false } = {}) {
   const json = await withPeer((p) => p.render(location.pathname, location.search.slice(1), nodeName()));
-  show(JSON.parse(json).html);
+  show(JSON.parse(json).html, { keepTyping });
 }
 
-function show(html) {
+function show(html, { keepTyping = false } = {}) {
   const doc = new DOMParser().parseFromString(html, "text/html");
   document.title = doc.title;
-  document.body.replaceWith(document.adoptNode(doc.body));
-  document.querySelector("[autofocus]")?.focus();
+  const typing = keepTyping ? document.getElementById("new-title") : null;
+  const focused = typing && document.activeElement === typing;
+  const body = document.adoptNode(doc.body);
+  const slot = typing && body.querySelector("#new-title");
+  if (slot) slot.replaceWith(typing);
+  document.body.replaceWith(body);
+  if (focused) typing.focus();
+  else if (!keepTyping) document.querySelector("[autofocus]")?.focus();
 }
 
 async function applyLocally(action, fields, { replace = false } = {}) {
