@@ -257,7 +257,8 @@ impl P2p {
 
     /// Starts the peer. `options`: `key` (from `newKey`), `deployment` (MDNS_SERVICE_NAME),
     /// `siteId` (the replica's, hex), `relays` (multiaddrs ending in `/p2p/<relay id>`),
-    /// `knownPeers` (peer ids), and the replica's functions `serve`, `receive`, `merge`,
+    /// `direct` (nodes' WebSocket multiaddrs, dialled without a relay), `knownPeers` (peer
+    /// ids), and the replica's functions `serve`, `receive`, `merge`,
     /// `watermark`, `remember`.
     pub fn start(options: JsValue) -> Result<P2p, JsError> {
         let key_bytes = field(&options, "key")?
@@ -279,6 +280,15 @@ impl P2p {
                 JsError::new(&format!("relay address {addr:?} does not end in /p2p/<id>"))
             })?;
             relays.insert(peer, parsed);
+        }
+        let mut direct = Vec::new();
+        for addr in strings(&options, "direct")? {
+            match addr.parse::<Multiaddr>() {
+                Ok(parsed) if peer_of(&parsed).is_some() => direct.push(parsed),
+                _ => warn(&format!(
+                    "ignoring node address {addr:?}: not a multiaddr ending in /p2p/<id>"
+                )),
+            }
         }
         let known =
             KnownPeers::from_strings(strings(&options, "knownPeers")?.iter().map(String::as_str));
@@ -317,6 +327,7 @@ impl P2p {
                 .collect(),
             peers: HashMap::new(),
             known,
+            direct,
             redial_at: now,
             banned: HashMap::new(),
             done_tx,
@@ -407,6 +418,8 @@ struct Peer {
     relays: HashMap<PeerId, RelayState>,
     peers: HashMap<PeerId, Role>,
     known: KnownPeers,
+    /// Nodes' own WebSocket addresses: dialled directly while not connected.
+    direct: Vec<Multiaddr>,
     redial_at: Instant,
     banned: HashMap<PeerId, Instant>,
     done_tx: mpsc::UnboundedSender<Done>,
@@ -501,17 +514,9 @@ impl Peer {
         for relay in &held {
             self.register_and_discover(*relay, now);
         }
-        if now >= self.redial_at && !held.is_empty() {
+        if now >= self.redial_at {
             self.redial_at = now + REDIAL_INTERVAL;
-            let absent: Vec<PeerId> = self
-                .known
-                .iter()
-                .filter(|p| !self.swarm.is_connected(p) && !self.banned.contains_key(p))
-                .copied()
-                .collect();
-            for peer in absent {
-                self.dial_through_relays(peer, &held);
-            }
+            self.redial(&held);
         }
         let due: Vec<PeerId> = self
             .peers
@@ -574,6 +579,30 @@ impl Peer {
         if state.discover_at <= now {
             state.discover_at = now + DISCOVER_INTERVAL;
             rendezvous.discover(Some(self.namespace.clone()), None, None, relay);
+        }
+    }
+
+    /// Dials the nodes' WebSocket addresses, and every remembered peer through every relay
+    /// holding this browser's reservation, unless connected already.
+    fn redial(&mut self, held: &[PeerId]) {
+        for addr in self.direct.clone() {
+            if peer_of(&addr).is_some_and(|p| !self.swarm.is_connected(&p))
+                && let Err(e) = self.swarm.dial(addr.clone())
+            {
+                warn(&format!("cannot dial node at {addr}: {e}"));
+            }
+        }
+        if held.is_empty() {
+            return;
+        }
+        let absent: Vec<PeerId> = self
+            .known
+            .iter()
+            .filter(|p| !self.swarm.is_connected(p) && !self.banned.contains_key(p))
+            .copied()
+            .collect();
+        for peer in absent {
+            self.dial_through_relays(peer, held);
         }
     }
 

@@ -457,10 +457,12 @@ struct InProcessRelay {
 }
 
 impl InProcessRelay {
-    async fn start(config: todo_relay::Config) -> Self {
+    async fn start(mut config: todo_relay::Config) -> Self {
         let listener = tokio::net::TcpListener::bind(config.http_addr())
             .await
             .expect("bind the relay's HTTP port");
+        // Port 0 picked one: a restart binds the same.
+        config.http_port = listener.local_addr().expect("local addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(todo_relay::run(config.clone(), listener, async {
             let _ = stopped.await;
@@ -747,5 +749,108 @@ async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
     alice.quit().await;
     bob.quit().await;
     a.stop().await;
+    relay.stop().await;
+}
+
+/// The seed's scenario 1 over libp2p: node A is down, node B is up, and this browser cannot
+/// reach B over HTTP (B's PUBLIC_URL is not reachable from it). The page of A works offline and
+/// syncs with node B over libp2p (B's WebSocket listener, or its circuit on the relay); a
+/// browser on B in server mode sees its writes, and it sees theirs. A page in server mode never
+/// downloaded the peer-to-peer module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_node_is_down_syncs_with_another_node_over_libp2p() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut relay =
+        InProcessRelay::start(todo_relay::Config::with_data_dir(dir.path().join("relay"))).await;
+    let relay_url = relay.url();
+    let mut a_config = p2p_config(&dir.path().join("a"), "a", &[]);
+    a_config.relay_addrs = vec![relay_url.parse().expect("relay url")];
+    let a = TestNode::start_with(a_config).await;
+    let mut b_config = p2p_config(&dir.path().join("b"), "b", &[p2p_addr(&a).await]);
+    b_config.relay_addrs = vec![relay_url.parse().expect("relay url")];
+    b_config.p2p_listen = vec![
+        "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+        "/ip4/127.0.0.1/tcp/0/ws".parse().expect("addr"),
+    ];
+    // Nothing listens there: the page of A cannot fail over to B over HTTP.
+    b_config.public_url = Some(format!("http://127.0.0.1:{}", free_port()));
+    let b = TestNode::start_with(b_config).await;
+    eventually("A knows B's WebSocket address", WAIT, || async {
+        let peers = get_json(&a, "/api/peers").await;
+        peers["peers"]
+            .as_array()?
+            .iter()
+            .any(|p| p["browser_addrs"][0].is_string())
+            .then_some(())
+    })
+    .await;
+
+    let (_carol_parent, carol_profile) = profile_dir();
+    let carol = Browser::start(BrowserOptions {
+        profile: &carol_profile,
+        javascript: true,
+    })
+    .await;
+    carol.goto(&a.url("/")).await;
+    wait_js(
+        &carol,
+        "Carol's page in server mode, knowing B's WebSocket address",
+        "window.todoApp?.ready && todoApp.mode === 'server' && navigator.serviceWorker.controller \
+         && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.direct.length > 0",
+    )
+    .await;
+    let p2p_fetched = carol
+        .execute(
+            "return performance.getEntriesByType('resource')
+               .filter((e) => e.name.includes('browser_p2p')).length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        p2p_fetched,
+        json!(0),
+        "server mode loads no peer-to-peer code"
+    );
+
+    let (_dave_parent, dave_profile) = profile_dir();
+    let dave = Browser::start(BrowserOptions {
+        profile: &dave_profile,
+        javascript: true,
+    })
+    .await;
+    dave.goto(&b.url("/")).await;
+    wait_js(
+        &dave,
+        "Dave's page on B in server mode",
+        "window.todoApp?.ready && todoApp.mode === 'server'",
+    )
+    .await;
+
+    a.stop().await;
+    let b_id = get_json(&b, "/health").await["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    wait_connected(&carol, "Carol", &b_id).await;
+    add_via_form(&carol, "From Carol").await;
+    eventually("node B holds Carol's todo", WAIT, || async {
+        titles(&b)
+            .await
+            .contains(&"From Carol".to_owned())
+            .then_some(())
+    })
+    .await;
+    dave.refresh().await;
+    wait_text(&dave, "Dave", &["From Carol"]).await;
+    add_via_form(&dave, "From Dave").await;
+    wait_text(&carol, "Carol", &["From Dave"]).await;
+    assert_eq!(
+        carol.execute("return todoApp.mode", json!([])).await,
+        json!("offline"),
+        "Carol stayed in client mode: B's HTTP was never reachable from her page"
+    );
+    carol.quit().await;
+    dave.quit().await;
+    b.stop().await;
     relay.stop().await;
 }

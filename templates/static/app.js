@@ -23,7 +23,8 @@ const STATE_FILE = "todo-replica.v1";
 const LOCK = "todo-replica";
 const KNOWN_NODES_KEY = "todo-known-nodes";
 const NODE_NAME_KEY = "todo-node-name";
-// What the node told about peer-to-peer: {deployment, relays: [multiaddr], nodes: [peer id]}.
+// What the node told about peer-to-peer: {deployment, relays: [multiaddr], nodes: [peer id],
+// direct: [multiaddr of a node's WebSocket listener]}.
 const P2P_CONFIG_KEY = "todo-p2p-config";
 // This browser's libp2p identity (protobuf, base64), and the peers it met (peer ids).
 const P2P_KEY_KEY = "todo-p2p-key";
@@ -275,6 +276,7 @@ async function startP2p() {
       deployment: config.deployment,
       siteId,
       relays: config.relays,
+      direct: config.direct || [],
       knownPeers: [...remembered, ...config.nodes.filter((n) => !remembered.includes(n))],
       serve: (request) => withPeer((p) => p.servePeer(request)),
       receive: (page) => mergeFromPeer((p) => p.receivePeerPage(page)),
@@ -434,7 +436,9 @@ async function learnNodes() {
     const relays = (peers.relays || []).flatMap((r) => r.browser_addrs || []);
     if (peers.deployment && relays.length > 0) {
       const nodes = [peers.peer_id, ...(peers.peers || []).map((p) => p.peer_id)];
-      localStorage.setItem(P2P_CONFIG_KEY, JSON.stringify({ deployment: peers.deployment, relays, nodes }));
+      // Nodes that listen on WebSocket can be dialled directly, without the relay.
+      const direct = [...(peers.browser_addrs || []), ...(peers.peers || []).flatMap((p) => p.browser_addrs || [])];
+      localStorage.setItem(P2P_CONFIG_KEY, JSON.stringify({ deployment: peers.deployment, relays, nodes, direct }));
     }
   } catch (e) {
     console.debug("could not list the other nodes:", e);

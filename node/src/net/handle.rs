@@ -25,6 +25,8 @@ pub struct PeerInfo {
     /// Seconds since the last completed anti-entropy round with this peer.
     pub last_sync_secs_ago: Option<u64>,
     pub watermark: Option<u64>,
+    /// Its WebSocket addresses, where a browser can sync with it over libp2p.
+    pub browser_addrs: Vec<String>,
 }
 
 /// How a peer is connected, as /api/peers says it.

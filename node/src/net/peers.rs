@@ -47,6 +47,8 @@ pub(super) struct NodePeer {
     pub last_sync: Option<Instant>,
     /// How far this node has merged the peer's changes.
     pub watermark: Option<DbVersion>,
+    /// Its WebSocket listen addresses (identify), where browsers can reach it over libp2p.
+    pub browser_addrs: Vec<Multiaddr>,
 }
 
 /// Anti-entropy with one peer: one round at a time, a page at a time.
@@ -87,6 +89,7 @@ impl NodePeer {
             round: Round::Idle,
             last_sync: None,
             watermark: None,
+            browser_addrs: Vec::new(),
         }
     }
 
@@ -202,6 +205,7 @@ impl Peer {
             public_url: node.public_url.clone(),
             last_sync_secs_ago: node.last_sync.map(|t| t.elapsed().as_secs()),
             watermark: node.watermark.map(|w| w.0),
+            browser_addrs: node.browser_addrs.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -294,6 +298,12 @@ impl EventLoop {
             return;
         }
         let agent = Agent::parse(&info.agent_version);
+        let browser_addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .filter(|a| super::relays::is_websocket(a))
+            .map(|a| a.clone().with_p2p(peer_id).unwrap_or_else(|a| a))
+            .collect();
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -303,9 +313,11 @@ impl EventLoop {
                 node.site = agent.site;
                 node.name = agent.name;
                 node.public_url = agent.url;
+                node.browser_addrs = browser_addrs;
             }
             Role::Unidentified | Role::Relay => {
-                let node = NodePeer::new(agent);
+                let mut node = NodePeer::new(agent);
+                node.browser_addrs = browser_addrs;
                 tracing::info!(%peer_id, node = ?node.name, site = ?node.site.map(|s| s.to_string()), "peer joined");
                 peer.role = Role::Node(node);
                 self.swarm
