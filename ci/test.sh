@@ -25,8 +25,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "the shared crates and the browser peer build for wasm32-unknown-unknown"
-cargo build --locked -p changeset -p app -p wasm-peer --target wasm32-unknown-unknown
+step "the shared crates and the browser's modules build for wasm32-unknown-unknown, clippy-clean there too"
+cargo clippy --locked -p changeset -p app -p p2p-protocol -p wasm-peer -p browser-p2p \
+  --target wasm32-unknown-unknown -- -D warnings
 
 step "the relay binary (node/tests/relay.rs runs it next to the node's)"
 cargo build --locked -p todo-relay
