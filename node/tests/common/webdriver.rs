@@ -1,27 +1,31 @@
-//! A small W3C WebDriver client for headless Chromium (Debian's chromium + chromium-driver):
-//! enough to load pages, type, click, read the page and run scripts, plus Chromium's CDP
-//! passthrough. Each `Browser` runs its own chromedriver on a free loopback port and kills it
-//! on drop, so a failing test leaves no processes behind.
+//! Headless Chromium (Debian's chromium + chromium-driver) driven by `fantoccini`, behind the
+//! few calls the browser tests make. Each `Browser` runs its own chromedriver, which picks its
+//! own port (`--port=0`, read back from what it prints: no port is reserved and freed first),
+//! and is killed with its browser on drop, so a failing test leaves no processes behind.
+//!
+//! Every WebDriver error fails the test, except "no such element" where the caller asks
+//! whether an element exists: a dead session is never mistaken for a missing element.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// The W3C name of the property that holds an element reference.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
     driver: Child,
+    /// chromedriver's log: removed when the test quits the browser, kept when it fails.
+    log: PathBuf,
     profile: PathBuf,
     quit: bool,
-    base: String,
-    session: String,
-    http: reqwest::Client,
+    client: Client,
 }
 
 pub struct BrowserOptions<'a> {
@@ -40,30 +44,72 @@ pub fn require_chromium() {
     }
 }
 
+/// Chromium's DevTools passthrough (`/goog/cdp/execute`), which WebDriver itself lacks.
+#[derive(Debug)]
+struct Cdp {
+    cmd: String,
+    params: Value,
+}
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let body = json!({ "cmd": self.cmd, "params": self.params });
+        (http::Method::POST, Some(body.to_string()))
+    }
+}
+
+/// Starts chromedriver on a port of its choosing and returns it with that port and its log.
+async fn start_driver() -> (Child, u16, PathBuf) {
+    let log = tempfile::Builder::new()
+        .prefix("chromedriver-")
+        .suffix(".log")
+        .tempfile()
+        .expect("log file")
+        .into_temp_path()
+        .keep()
+        .expect("keep the log");
+    let mut driver = Command::new(CHROMEDRIVER)
+        .arg("--port=0")
+        .arg(format!("--log-path={}", log.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromedriver");
+    let stdout = driver.stdout.take().expect("chromedriver's stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let port = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read chromedriver's output") {
+            // "ChromeDriver was started successfully on port 40611."
+            if let Some(rest) = line.split("successfully on port ").nth(1) {
+                return rest.trim_end_matches('.').parse::<u16>().ok();
+            }
+        }
+        None
+    })
+    .await
+    .expect("chromedriver says its port within 20 s")
+    .expect("chromedriver printed the port it listens on");
+    // Keep reading (and dropping) its output, so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (driver, port, log)
+}
+
 impl Browser {
     pub async fn start(options: BrowserOptions<'_>) -> Self {
         require_chromium();
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("chromedriver-{port}.log"));
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chromedriver");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client");
-        for _ in 0..200 {
-            if http.get(format!("{base}/status")).send().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let (driver, port, log) = start_driver().await;
         let mut prefs = json!({});
         if !options.javascript {
             prefs = json!({ "profile.managed_default_content_settings.javascript": 2 });
@@ -79,130 +125,118 @@ impl Browser {
             "--disable-dev-shm-usage".to_owned(),
             format!("--user-data-dir={}", options.profile.display()),
         ];
-        let capabilities = json!({
-            "capabilities": { "alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": { "binary": CHROMIUM, "args": args, "prefs": prefs },
-            }}
-        });
-        let response: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": CHROMIUM, "args": args, "prefs": prefs }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
             .await
-            .expect("new session")
-            .json()
-            .await
-            .expect("session JSON");
-        let session = response["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("chromedriver refused a session: {response}"))
-            .to_owned();
+            .unwrap_or_else(|e| panic!("chromedriver refused a session: {e}"));
         Self {
             driver,
+            log,
             profile: options.profile.to_owned(),
             quit: false,
-            base,
-            session,
-            http,
+            client,
         }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut request = self.http.request(method, &url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {path}: {status} {value}");
-        value["value"].clone()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn goto(&self, url: &str) {
-        self.post("/url", json!({ "url": url })).await;
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
     pub async fn refresh(&self) {
-        self.post("/refresh", json!({})).await;
+        self.client.refresh().await.expect("reload the page");
     }
 
     pub async fn source(&self) -> String {
-        self.call(reqwest::Method::GET, "/source", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.client.source().await.expect("the page's source")
     }
 
     /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
     pub async fn execute(&self, script: &str, args: Value) -> Value {
-        self.post("/execute/sync", json!({ "script": script, "args": args }))
+        self.client
+            .execute(script, args_vec(args))
             .await
+            .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
     }
 
     /// Runs an async script: `arguments[arguments.length - 1]` is the callback to call.
     pub async fn execute_async(&self, script: &str, args: Value) -> Value {
-        self.post("/execute/async", json!({ "script": script, "args": args }))
+        self.client
+            .execute_async(script, args_vec(args))
             .await
+            .unwrap_or_else(|e| panic!("async script failed: {e}\n{script}"))
     }
 
-    /// The element matching `css`, or None.
-    pub async fn find(&self, css: &str) -> Option<String> {
-        let url = format!("{}/session/{}/element", self.base, self.session);
-        let response = self
-            .http
-            .post(&url)
-            .json(&json!({ "using": "css selector", "value": css }))
-            .send()
-            .await
-            .expect("find element");
-        if !response.status().is_success() {
-            return None;
+    /// Whether an element matches `css` (any other WebDriver error fails the test).
+    pub async fn find(&self, css: &str) -> Option<fantoccini::elements::Element> {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(element) => Some(element),
+            Err(e) if e.is_no_such_element() => None,
+            Err(e) => panic!("looking for {css:?}: {e}"),
         }
-        let value: Value = response.json().await.ok()?;
-        value["value"][ELEMENT_KEY].as_str().map(str::to_owned)
     }
 
-    pub async fn element(&self, css: &str) -> String {
+    pub async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.find(css)
             .await
             .unwrap_or_else(|| panic!("no element matches {css:?}"))
     }
 
     pub async fn click(&self, css: &str) {
-        let el = self.element(css).await;
-        self.post(&format!("/element/{el}/click"), json!({})).await;
+        self.element(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css:?}: {e}"));
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let el = self.element(css).await;
-        self.post(&format!("/element/{el}/clear"), json!({})).await;
-        self.post(&format!("/element/{el}/value"), json!({ "text": text }))
-            .await;
+        let element = self.element(css).await;
+        element
+            .clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear {css:?}: {e}"));
+        element
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into {css:?}: {e}"));
     }
 
     /// A Chrome DevTools Protocol command through chromedriver.
     pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
-        self.post("/goog/cdp/execute", json!({ "cmd": cmd, "params": params }))
+        self.client
+            .issue_cmd(Cdp {
+                cmd: cmd.to_owned(),
+                params,
+            })
             .await
+            .unwrap_or_else(|e| panic!("CDP {cmd}: {e}"))
     }
 
     /// Ends the session (the browser exits and flushes its profile), then the driver.
     pub async fn quit(mut self) {
-        let url = format!("{}/session/{}", self.base, self.session);
-        let _ = self.http.delete(&url).send().await;
+        let _ = self.client.clone().close().await;
         let _ = self.driver.kill().await;
+        let _ = std::fs::remove_file(&self.log);
         self.quit = true;
+    }
+}
+
+fn args_vec(args: Value) -> Vec<Value> {
+    match args {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => vec![other],
     }
 }
 
@@ -213,6 +247,7 @@ impl Drop for Browser {
         if self.quit {
             return;
         }
+        eprintln!("chromedriver's log: {}", self.log.display());
         let marker = format!("--user-data-dir={}", self.profile.display());
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return;
@@ -228,13 +263,6 @@ impl Drop for Browser {
             }
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A fresh profile directory for one browser.
