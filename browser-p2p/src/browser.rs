@@ -650,7 +650,15 @@ impl Peer {
                     relay.registered_at = None;
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if self.relays.contains_key(&peer_id) {
+                    info(&format!(
+                        "connected to relay {peer_id} at {}",
+                        endpoint.get_remote_address()
+                    ));
+                }
                 if self.banned.contains_key(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 } else if !self.relays.contains_key(&peer_id) {
@@ -660,10 +668,19 @@ impl Peer {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
+                cause,
                 ..
             } => {
+                if self.relays.contains_key(&peer_id) {
+                    warn(&format!("disconnected from relay {peer_id}: {cause:?}"));
+                }
                 if let Some(Role::Partner(_)) = self.peers.remove(&peer_id) {
                     info(&format!("peer {peer_id} disconnected"));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if peer_id.is_some_and(|p| self.relays.contains_key(&p)) {
+                    warn(&format!("cannot reach the relay: {error}"));
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),

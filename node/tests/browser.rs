@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::relay::InProcessRelay;
 use common::webdriver::{Browser, BrowserOptions, profile_dir};
 use common::{TestNode, add, eventually, get_json, p2p_addr, p2p_config, titles, todos};
 use serde_json::{Value, json};
@@ -28,7 +29,11 @@ async fn wait_js(browser: &Browser, what: &str, expression: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let state = browser
-        .execute("return JSON.stringify(window.todoApp ?? null)", json!([]))
+        .execute(
+            "return JSON.stringify(window.todoApp \
+               ? { ...todoApp, p2p: todoApp.p2p?.() } : null, null, 1)",
+            json!([]),
+        )
         .await;
     panic!("timed out waiting for: {what}; page status: {state}");
 }
@@ -448,73 +453,6 @@ async fn with_its_node_still_down_a_page_fails_over_to_another_known_node() {
     b.stop().await;
 }
 
-/// The relay in-process on fixed loopback ports (so a restart keeps its addresses, which the
-/// browsers learned from the node), data in `dir` (so it keeps its peer id).
-struct InProcessRelay {
-    config: todo_relay::Config,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl InProcessRelay {
-    async fn start(mut config: todo_relay::Config) -> Self {
-        let listener = tokio::net::TcpListener::bind(config.http_addr())
-            .await
-            .expect("bind the relay's HTTP port");
-        // Port 0 picked one: a restart binds the same.
-        config.http_port = listener.local_addr().expect("local addr").port();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(todo_relay::run(config.clone(), listener, async {
-            let _ = stopped.await;
-        }));
-        let relay = Self {
-            config,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        eventually("the relay answers /health", WAIT, || async {
-            let url = format!("http://{}/health", relay.config.http_addr());
-            common::client()
-                .get(url)
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        })
-        .await;
-        relay
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.config.http_addr())
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await
-                .expect("relay task")
-                .expect("the relay ran cleanly");
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.stop().await;
-        *self = Self::start(self.config.clone()).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// The page's peer-to-peer status (`P2p.status()`), or null before it started.
 async fn p2p_status(browser: &Browser) -> Value {
     browser
@@ -568,18 +506,7 @@ async fn wait_text(browser: &Browser, who: &str, titles: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut relay_config = todo_relay::Config::with_data_dir(dir.path().join("relay"));
-    relay_config.http_port = free_port();
-    relay_config.p2p_listen = vec![
-        format!("/ip4/127.0.0.1/tcp/{}", free_port())
-            .parse()
-            .expect("addr"),
-        format!("/ip4/127.0.0.1/tcp/{}/ws", free_port())
-            .parse()
-            .expect("addr"),
-    ];
-    relay_config.log = "warn".into();
-    let mut relay = InProcessRelay::start(relay_config).await;
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
 
     let relay_url = relay.url();
     let node_config = || {
@@ -760,8 +687,7 @@ async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_whose_node_is_down_syncs_with_another_node_over_libp2p() {
     let dir = tempfile::tempdir().expect("dir");
-    let mut relay =
-        InProcessRelay::start(todo_relay::Config::with_data_dir(dir.path().join("relay"))).await;
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
     let relay_url = relay.url();
     let mut a_config = p2p_config(&dir.path().join("a"), "a", &[]);
     a_config.relay_addrs = vec![relay_url.parse().expect("relay url")];
@@ -772,8 +698,8 @@ async fn a_page_whose_node_is_down_syncs_with_another_node_over_libp2p() {
         "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
         "/ip4/127.0.0.1/tcp/0/ws".parse().expect("addr"),
     ];
-    // Nothing listens there: the page of A cannot fail over to B over HTTP.
-    b_config.public_url = Some(format!("http://127.0.0.1:{}", free_port()));
+    // Nothing listens on port 1: the page of A cannot fail over to B over HTTP.
+    b_config.public_url = Some("http://127.0.0.1:1".to_owned());
     let b = TestNode::start_with(b_config).await;
     eventually("A knows B's WebSocket address", WAIT, || async {
         let peers = get_json(&a, "/api/peers").await;

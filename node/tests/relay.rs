@@ -10,26 +10,26 @@
 //! 2. **A direct path exists** (all three on one bridge, mDNS off, B again given only A's
 //!    circuit address): DCUtR replaces the relayed connection with a direct one.
 //!
-//! 3. **Loopback, no root needed**: in-process nodes and the relay binary on 127.0.0.1, so the
+//! 3. **Loopback, no root needed**: in-process nodes and relay on 127.0.0.1, so the
 //!    reservation lifecycle is covered on any machine: reserve, lose it when the relay stops,
 //!    get it back by itself when the relay returns, and replicate through it.
 //!
-//! The relay binary comes from `cargo build -p todo-relay` (ci/test.sh builds it) in the same
-//! target folder as this test. The test makes and removes its namespaces and processes itself,
+//! The namespace tests run the relay binary, from `cargo build -p todo-relay` (ci/test.sh
+//! builds it) in the same target folder as this test. The test makes and removes its namespaces and processes itself,
 //! also when it fails; its traffic stays inside them. The namespace tests need root and
 //! `ip netns`, and say so and skip without them (see common/netlab.rs).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::netlab::{
     Lab, add, can_run, curl, eventually, get_json, node_bin, node_env, node_json, peer_entry,
     relay_bin, titles,
 };
-use serde_json::Value;
+use common::relay::InProcessRelay;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -242,83 +242,6 @@ fn dcutr_upgrades_a_relayed_connection_to_direct_when_a_path_exists() {
     });
 }
 
-/// The relay binary on loopback, on fixed ports so it can be restarted at the same address.
-struct LoopbackRelay {
-    child: Child,
-    http: u16,
-    tcp: u16,
-    data: PathBuf,
-    log: PathBuf,
-}
-
-impl LoopbackRelay {
-    fn start(http: u16, tcp: u16, data: &Path, log: &Path) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log");
-        let child = Command::new(relay_bin())
-            .env("DATA_DIR", data)
-            .env("HOST", "127.0.0.1")
-            .env("HTTP_PORT", http.to_string())
-            .env("P2P_LISTEN", format!("/ip4/127.0.0.1/tcp/{tcp}"))
-            .env("LOG", "todo_relay=info,warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::from(file.try_clone().expect("log")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("start todo-relay");
-        Self {
-            child,
-            http,
-            tcp,
-            data: data.to_owned(),
-            log: log.to_owned(),
-        }
-    }
-
-    async fn peer_id(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/health", self.http);
-        common::eventually("the relay answers /health", WAIT, || {
-            let url = url.clone();
-            async move {
-                let r = common::client().get(&url).send().await.ok()?;
-                let v: Value = r.json().await.ok()?;
-                v["peer_id"].as_str().map(str::to_owned)
-            }
-        })
-        .await
-    }
-
-    fn stop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: signalling a child process of ours by its pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait for the relay");
-        assert!(status.success(), "the relay exited with {status}");
-    }
-
-    fn restart(&mut self) {
-        self.stop();
-        *self = Self::start(self.http, self.tcp, &self.data.clone(), &self.log.clone());
-    }
-}
-
-impl Drop for LoopbackRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 async fn relay_state(node: &common::TestNode) -> Option<String> {
     common::get_json(node, "/api/peers").await["relays"][0]["reservation"]
         .as_str()
@@ -328,14 +251,9 @@ async fn relay_state(node: &common::TestNode) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_loopback_a_node_keeps_its_reservation_across_relay_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut relay = LoopbackRelay::start(
-        free_port(),
-        free_port(),
-        &dir.path().join("relay"),
-        &dir.path().join("relay.log"),
-    );
-    let relay_id = relay.peer_id().await;
-    let relay_addr = format!("/ip4/127.0.0.1/tcp/{}/p2p/{relay_id}", relay.tcp);
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
+    let relay_id = relay.peer_id.clone();
+    let relay_addr = relay.tcp_addr().to_string();
 
     let mut config = common::p2p_config(&dir.path().join("a"), "a", &[]);
     config.relay_addrs = vec![relay_addr.parse().expect("multiaddr")];
@@ -348,19 +266,14 @@ async fn on_loopback_a_node_keeps_its_reservation_across_relay_restarts() {
     assert_eq!(health["relay_reservations"], 1, "{health}");
     let a_id = health["peer_id"].as_str().expect("peer id").to_owned();
 
-    relay.stop();
+    relay.stop().await;
     common::eventually("a saw its reservation end", WAIT, || async {
         (relay_state(&a).await? != "active").then_some(())
     })
     .await;
     common::add(&a, "while the relay was down").await;
-    relay = LoopbackRelay::start(
-        relay.http,
-        relay.tcp,
-        &relay.data.clone(),
-        &relay.log.clone(),
-    );
-    assert_eq!(relay.peer_id().await, relay_id);
+    relay.start_again().await;
+    assert_eq!(relay.peer_id, relay_id);
     common::eventually("a holds a reservation again", WAIT, || async {
         (relay_state(&a).await? == "active").then_some(())
     })
@@ -378,7 +291,7 @@ async fn on_loopback_a_node_keeps_its_reservation_across_relay_restarts() {
         (common::titles(&b).await == ["while the relay was down"]).then_some(())
     })
     .await;
-    relay.restart();
+    relay.restart().await;
     common::eventually(
         "b holds a reservation after another restart",
         WAIT,
@@ -387,4 +300,5 @@ async fn on_loopback_a_node_keeps_its_reservation_across_relay_restarts() {
     .await;
     b.stop().await;
     a.stop().await;
+    relay.stop().await;
 }

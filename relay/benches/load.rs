@@ -64,17 +64,9 @@ fn args() -> Args {
     a
 }
 
-/// A field of /proc/<pid>/status in KiB (VmRSS, VmHWM).
+/// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`).
 fn status_kib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0.0)
+    test_kit::rss_kib(pid, field) as f64
 }
 
 fn mib(kib: f64) -> f64 {
@@ -127,7 +119,7 @@ async fn main() {
     )
     .await;
     let pid = relay.pid();
-    let rss_idle = status_kib(pid, "VmRSS");
+    let rss_idle = status_kib(pid, "VmRSS:");
     let cpu_start = cpu_secs(pid);
     let relay_addr = relay.tcp_addr();
 
@@ -138,7 +130,7 @@ async fn main() {
     let reserve_secs = started.elapsed().as_secs_f64();
     let reservation_failures = reserved.iter().filter(|r| r.is_err()).count();
     let held = relay.health().await["reservations"].as_u64().unwrap_or(0);
-    let rss_reserved = status_kib(pid, "VmRSS");
+    let rss_reserved = status_kib(pid, "VmRSS:");
     let cpu_reserved = cpu_secs(pid);
 
     // M peers each open a circuit to a reserved peer and push bytes through it, all at once.
@@ -175,8 +167,8 @@ async fn main() {
     let circuits_open = relay.health().await["circuits"].as_u64().unwrap_or(0);
     let relayed_mib = (latencies.len() * 2 * args.bytes) as f64 / (1024.0 * 1024.0);
     let cpu_end = cpu_secs(pid);
-    let rss_after = status_kib(pid, "VmRSS");
-    let rss_peak = status_kib(pid, "VmHWM");
+    let rss_after = status_kib(pid, "VmRSS:");
+    let rss_peak = status_kib(pid, "VmHWM:");
 
     let result = json!({
         "reservations": args.reservations,

@@ -58,6 +58,19 @@ status.replicaTodos = () => withPeer((p) => JSON.parse(p.todosJson()));
 // The libp2p peer, once started (offline mode).
 let p2p = null;
 status.p2p = () => (p2p ? JSON.parse(p2p.status()) : null);
+// The peer's last log lines (it logs to the console as "p2p: …"), for people debugging and
+// for the browser tests' failure messages.
+status.p2pLog = [];
+for (const level of ["info", "warn"]) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    if (typeof args[0] === "string" && args[0].startsWith("p2p: ")) {
+      status.p2pLog.push(`${new Date().toISOString().slice(11, 23)} ${args[0]}`);
+      if (status.p2pLog.length > 100) status.p2pLog.shift();
+    }
+    original(...args);
+  };
+}
 
 const storage = await openStorage();
 status.storage = storage.kind;

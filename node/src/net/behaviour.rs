@@ -113,7 +113,10 @@ pub(super) async fn build_swarm(
                 memory: memory_connection_limits::Behaviour::with_max_bytes(max_memory_bytes),
                 identify: identify::Behaviour::new(
                     identify::Config::new(protocol_version.clone(), key.public())
-                        .with_agent_version(agent),
+                        .with_agent_version(agent)
+                        // Peers hear of listeners that come up after they connected (a
+                        // WebSocket one, a relay circuit), which browsers are told about.
+                        .with_push_listen_addr_updates(true),
                 ),
                 ping: ping::Behaviour::default(),
                 gossipsub,

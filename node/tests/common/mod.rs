@@ -2,12 +2,14 @@
 #![allow(dead_code)]
 
 pub mod netlab;
+pub mod relay;
 pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use test_kit::eventually;
 use todo_node::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -159,25 +161,6 @@ pub fn p2p_config(data_dir: &Path, name: &str, bootstrap: &[String]) -> Config {
         .map(|a| a.parse().expect("multiaddr"))
         .collect();
     c
-}
-
-/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Titles of the node's todos, sorted.

@@ -70,7 +70,21 @@ impl WebDriverCompatibleCommand for Cdp {
 }
 
 /// Starts chromedriver on a port of its choosing and returns it with that port and its log.
+/// chromedriver's own choice can collide (it binds IPv6 first, then the same port on IPv4,
+/// which someone may hold: "IPv4 port not available. Exiting..."), so a start that exits
+/// that way is tried again.
 async fn start_driver() -> (Child, u16, PathBuf) {
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        match try_start_driver().await {
+            Ok(started) => return started,
+            Err(failure) => failures.push(failure),
+        }
+    }
+    panic!("chromedriver did not start:\n{}", failures.join("\n---\n"));
+}
+
+async fn try_start_driver() -> Result<(Child, u16, PathBuf), String> {
     let log = tempfile::Builder::new()
         .prefix("chromedriver-")
         .suffix(".log")
@@ -89,21 +103,31 @@ async fn start_driver() -> (Child, u16, PathBuf) {
         .expect("start chromedriver");
     let stdout = driver.stdout.take().expect("chromedriver's stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let mut printed = Vec::new();
     let port = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read chromedriver's output") {
+        while let Ok(Some(line)) = lines.next_line().await {
             // "ChromeDriver was started successfully on port 40611."
             if let Some(rest) = line.split("successfully on port ").nth(1) {
                 return rest.trim_end_matches('.').parse::<u16>().ok();
             }
+            printed.push(line);
         }
         None
     })
     .await
-    .expect("chromedriver says its port within 20 s")
-    .expect("chromedriver printed the port it listens on");
+    .ok()
+    .flatten();
+    let Some(port) = port else {
+        let _ = driver.kill().await;
+        return Err(format!(
+            "chromedriver did not say its port within 20 s; it printed:\n{}\nits log: {}",
+            printed.join("\n"),
+            log.display()
+        ));
+    };
     // Keep reading (and dropping) its output, so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (driver, port, log)
+    Ok((driver, port, log))
 }
 
 impl Browser {

@@ -24,34 +24,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub const RELAY_BIN: &str = env!("CARGO_BIN_EXE_todo-relay");
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use test_kit::eventually;
 
-/// Polls `check` until it returns Some, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A `todo-relay` child process on loopback (TCP and WebSocket on fixed ports, so clients
-/// find it again after a restart). Killed when dropped, also when a test panics.
+/// A `todo-relay` child process on loopback, restarted on the same ports so clients find it
+/// again (`test_kit::restartable_port`: ports no other test's port-0 bind can take while it is
+/// down). Killed when dropped, also when a test panics.
 pub struct RelayProcess {
     child: Option<Child>,
     pub http_port: u16,
@@ -68,9 +45,9 @@ impl RelayProcess {
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut relay = Self {
             child: None,
-            http_port: free_port(),
-            tcp_port: free_port(),
-            ws_port: free_port(),
+            http_port: test_kit::restartable_port(),
+            tcp_port: test_kit::restartable_port(),
+            ws_port: test_kit::restartable_port(),
             data_dir: dir.join("relay-data"),
             log_path: dir.join("relay.log"),
             env: env
