@@ -7,13 +7,13 @@
 //!
 //! cargo bench -p todo-node --bench index_page [-- --seconds 10 --save out.json --compare old.json]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 mod common;
-use common::{NodeProcess, free_port, rss_kib};
+use common::{Process, rss_kib, start_node};
 
 const TODOS: usize = 1_000;
 const CONCURRENCY: usize = 16;
@@ -43,7 +43,7 @@ fn args() -> Args {
 }
 
 struct Node {
-    process: NodeProcess,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
@@ -56,18 +56,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn main() {
     let args = args();
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_todo-node"))
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", dir.path())
-        .env("LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start todo-node");
-    let node = Node {
-        process: NodeProcess(child),
-        _dir: dir,
-    };
+    let (process, port) = start_node(
+        Command::new(env!("CARGO_BIN_EXE_todo-node"))
+            .env("DATA_DIR", dir.path())
+            .env("LOG", "warn,todo_node=info"),
+    );
+    let node = Node { process, _dir: dir };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -83,7 +77,7 @@ async fn main() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let rss_idle = rss_kib(node.process.0.id(), "VmRSS:");
+    let rss_idle = rss_kib(node.process.pid(), "VmRSS:");
 
     let seed = Instant::now();
     for i in 0..TODOS {
@@ -127,7 +121,7 @@ async fn main() {
     }
     let elapsed = load.elapsed().as_secs_f64();
     latencies.sort();
-    let pid = node.process.0.id();
+    let pid = node.process.pid();
     let result = json!({
         "bench": "index_page",
         "todos": TODOS,

@@ -12,7 +12,7 @@
 //!
 //! cargo bench -p todo-node --bench replication [-- --changes 100000 --bulk 50000 --save f.json --compare f.json]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -20,36 +20,31 @@ use serde_json::{Value, json};
 #[path = "../tests/support/bulk.rs"]
 mod bulk;
 mod common;
-use common::{NodeProcess, free_port, rss_kib};
+use common::{Process, rss_kib, start_node};
 
 struct Node {
-    process: NodeProcess,
+    process: Process,
     http: u16,
 }
 
 impl Node {
     fn peak_rss_mib(&self) -> f64 {
-        rss_kib(self.process.0.id(), "VmHWM:") as f64 / 1024.0
+        rss_kib(self.process.pid(), "VmHWM:") as f64 / 1024.0
     }
 }
 
 fn start(dir: &std::path::Path, name: &str, p2p: u16, bootstrap: Option<&str>) -> Node {
-    let http = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_todo-node"));
-    cmd.env("PORT", http.to_string())
-        .env("DATA_DIR", dir)
+    cmd.env("DATA_DIR", dir)
         .env("NODE_NAME", name)
         .env("P2P_LISTEN", format!("/ip4/127.0.0.1/tcp/{p2p}"))
         .env("SYNC_INTERVAL_SECS", "1")
-        .env("LOG", "warn")
-        .stdout(Stdio::null());
+        .env("LOG", "warn,todo_node=info");
     if let Some(b) = bootstrap {
         cmd.env("BOOTSTRAP_PEERS", b);
     }
-    Node {
-        process: NodeProcess(cmd.spawn().expect("start todo-node")),
-        http,
-    }
+    let (process, http) = start_node(&mut cmd);
+    Node { process, http }
 }
 
 async fn health(client: &reqwest::Client, node: &Node) -> Option<Value> {
@@ -100,7 +95,8 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");
-    let (p2p_a, p2p_b) = (free_port(), free_port());
+    // B restarts on its port (A redials it there).
+    let (p2p_a, p2p_b) = (test_kit::restartable_port(), test_kit::restartable_port());
     let a = start(&dir.path().join("a"), "a", p2p_a, None);
     wait_until("a healthy", Duration::from_secs(30), async || {
         health(&client, &a).await.is_some()

@@ -2,57 +2,31 @@
 //! that was acknowledged (its 303 reached the client) must be there after a restart.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct NodeProcess(Child);
+use test_kit::Process;
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn start(data_dir: &std::path::Path, port: u16) -> NodeProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_todo-node"))
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", data_dir)
-        .env("LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn todo-node");
-    let node = NodeProcess(child);
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client
-        .get(format!("http://127.0.0.1:{port}/health"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "node did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Starts the node binary on `port` (it comes back on the same one after the kill) and waits
+/// until it says it listens.
+fn start(data_dir: &std::path::Path, port: u16) -> Process {
+    let mut node = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_todo-node"))
+            .env("PORT", port.to_string())
+            .env("DATA_DIR", data_dir)
+            .env("LOG", "warn,todo_node=info"),
+    );
+    let addr = node.logged("node listening", "addr", Duration::from_secs(20));
+    assert_eq!(addr, format!("127.0.0.1:{port}"));
     node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut node = start(dir.path(), port).await;
+    let port = test_kit::restartable_port();
+    let mut node = start(dir.path(), port);
 
     let acknowledged = Arc::new(Mutex::new(HashSet::new()));
     let client = reqwest::Client::builder()
@@ -91,14 +65,13 @@ async fn acknowledged_writes_survive_kill_9() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    node.0.kill().expect("SIGKILL the node");
-    node.0.wait().expect("reap");
+    node.kill();
     for w in writers {
         w.await.expect("writer");
     }
     let acknowledged = acknowledged.lock().expect("lock").clone();
 
-    let _node = start(dir.path(), port).await;
+    let _node = start(dir.path(), port);
     let todos: Vec<serde_json::Value> = client
         .get(format!("http://127.0.0.1:{port}/api/todos"))
         .send()

@@ -1,38 +1,23 @@
 //! Shared by the node's benchmarks: print figures (with the change against a saved baseline)
 //! and save them as JSON, so runs can be compared.
 
-use std::process::Child;
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
+pub use test_kit::{Process, rss_kib};
 
-/// A node process, killed when dropped (also when the benchmark panics).
-pub struct NodeProcess(pub Child);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A field of /proc/<pid>/status in KiB: `VmRSS:` now, `VmHWM:` the peak.
-pub fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// Starts the node binary `command` describes on an HTTP port of its own choosing (PORT=0),
+/// and returns it with that port once it says it listens.
+pub fn start_node(command: &mut Command) -> (Process, u16) {
+    let mut node = Process::spawn(command.env("PORT", "0"));
+    let addr = node.logged("node listening", "addr", Duration::from_secs(30));
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a port in {addr}"));
+    (node, port)
 }
 
 /// Prints each of `keys` from `result`, with its change against the baseline file at
