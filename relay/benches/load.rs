@@ -66,7 +66,7 @@ fn args() -> Args {
 
 /// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`).
 fn status_kib(pid: u32, field: &str) -> f64 {
-    test_kit::rss_kib(pid, field) as f64
+    report::rss_kib(pid, field) as f64
 }
 
 fn mib(kib: f64) -> f64 {
