@@ -678,10 +678,10 @@ impl Peer {
                     info(&format!("peer {peer_id} disconnected"));
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                if peer_id.is_some_and(|p| self.relays.contains_key(&p)) {
-                    warn(&format!("cannot reach the relay: {error}"));
-                }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. }
+                if peer_id.is_some_and(|p| self.relays.contains_key(&p)) =>
+            {
+                warn(&format!("cannot reach the relay: {error}"));
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
