@@ -317,14 +317,21 @@ async function mergeFromPeer(merge) {
 }
 
 // Shows what peers brought. What the user is typing stays: the new-todo field is carried over
-// into the new page as it is (same element, value and focus).
+// into the new page as it is (same element, value and focus); and while it has something typed
+// in it and the focus, the page waits (up to 3 s), so the user's next click lands on the page
+// they see.
 let renderTimer = null;
-function scheduleRender() {
+function scheduleRender(waited = 0) {
   if (status.mode !== "offline" || renderTimer) return;
   renderTimer = setTimeout(async () => {
     renderTimer = null;
+    const typing = document.getElementById("new-title");
+    if (typing && document.activeElement === typing && typing.value && waited < 3000) {
+      scheduleRender(waited + 300);
+      return;
+    }
     await renderLocal({ keepTyping: true });
-  }, 100);
+  }, waited === 0 ? 100 : 300);
 }
 
 function nodeName() {

@@ -216,24 +216,39 @@ impl Browser {
             .unwrap_or_else(|| panic!("no element matches {css:?}"))
     }
 
+    /// Clicks the element matching `css`. A live page (offline mode re-renders what peers
+    /// send) may replace the element between finding and clicking it: then it is found again,
+    /// as a person would click the new one.
     pub async fn click(&self, css: &str) {
-        self.element(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css:?}: {e}"));
+        for _ in 0..5 {
+            match self.element(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("click {css:?}: {e}"),
+            }
+        }
+        panic!("click {css:?}: the element was replaced 5 times in a row");
     }
 
+    /// Types `text` into the field matching `css` (found again if the page replaced it).
     pub async fn type_into(&self, css: &str, text: &str) {
-        let element = self.element(css).await;
-        element
-            .clear()
-            .await
-            .unwrap_or_else(|e| panic!("clear {css:?}: {e}"));
-        element
-            .send_keys(text)
-            .await
-            .unwrap_or_else(|e| panic!("type into {css:?}: {e}"));
+        for _ in 0..5 {
+            let element = self.element(css).await;
+            let typed = match element.clear().await {
+                Ok(()) => element.send_keys(text).await,
+                Err(e) => Err(e),
+            };
+            match typed {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("type into {css:?}: {e}"),
+            }
+        }
+        panic!("type into {css:?}: the element was replaced 5 times in a row");
     }
 
     /// A Chrome DevTools Protocol command through chromedriver.
