@@ -11,7 +11,9 @@
 //! (`todo_node::BUILD_PROBLEMS`).
 //!
 //! It also renders the PWA's PNG icons from `templates/static/icons/icon.svg` into OUT_DIR, so
-//! the SVG is the one source of the design.
+//! the SVG is the one source of the design, and precompresses every text asset and the wasm
+//! bundle (brotli and gzip, at their best levels: the cost is paid once here, not per request)
+//! into OUT_DIR/compressed, which node/src/http/assets.rs serves to browsers that accept it.
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -23,8 +25,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(wasm_bundle_missing)");
     let cache = home_cache();
     crsqlite(&cache);
-    wasm_bundle(&cache);
+    let bundle = wasm_bundle(&cache);
     icons();
+    precompress(bundle.as_deref());
 }
 
 /// Where ci/env.sh keeps what it builds: `TODO_CACHE`, by default ~/.cache/todo-hybrid.
@@ -93,8 +96,9 @@ fn checked_extension(so: &Path, sum_file: &Path) -> Result<String, String> {
     }
 }
 
-/// The browser peer's bundle, which node/src/http/assets.rs embeds from `WASM_BUNDLE_DIR`.
-fn wasm_bundle(cache: &Path) {
+/// The browser peer's bundle, which node/src/http/assets.rs embeds from `WASM_BUNDLE_DIR`; its
+/// folder when it is complete.
+fn wasm_bundle(cache: &Path) -> Option<PathBuf> {
     println!("cargo::rerun-if-env-changed=WASM_BUNDLE_DIR");
     let dir = std::env::var_os("WASM_BUNDLE_DIR")
         .map(PathBuf::from)
@@ -115,7 +119,7 @@ fn wasm_bundle(cache: &Path) {
     }
     if absent.is_empty() {
         println!("cargo::rustc-env=WASM_BUNDLE_DIR={}", dir.display());
-        return;
+        return Some(dir);
     }
     // rust-embed needs a folder that exists: an empty one in OUT_DIR stands in.
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
@@ -134,6 +138,7 @@ fn wasm_bundle(cache: &Path) {
             dir.display()
         ),
     );
+    None
 }
 
 /// The PNG icons the manifest names, rendered from icon.svg: `any` at 192 and 512 px, and a
@@ -184,4 +189,84 @@ fn icons() {
         std::fs::write(&path, render(size, mark_scale))
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+}
+
+/// Writes `<asset>.br` and `<asset>.gz` into OUT_DIR/compressed for each text asset of
+/// templates/static (the service worker is rendered per build version at run time, and is
+/// small) and each file of the wasm bundle (under `wasm/`), named as the router names them. A
+/// variant is written only when it saves at least a tenth: PNGs are compressed already.
+fn precompress(bundle: Option<&Path>) {
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("compressed");
+    // Start empty: an asset deleted since the last build must not keep a compressed twin.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/compressed");
+    let static_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/static");
+    println!("cargo::rerun-if-changed={}", static_dir.display());
+    let mut assets = Vec::new();
+    collect_files(&static_dir, &static_dir, &mut assets);
+    assets.retain(|(name, _)| name != "sw.js");
+    if let Some(bundle) = bundle {
+        for entry in
+            std::fs::read_dir(bundle).unwrap_or_else(|e| panic!("{}: {e}", bundle.display()))
+        {
+            let path = entry.expect("a bundle entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if name.ends_with(".js") || name.ends_with(".wasm") {
+                assets.push((format!("wasm/{name}"), path));
+            }
+        }
+    }
+    for (name, path) in assets {
+        let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for (suffix, packed) in [("br", brotli_best(&raw)), ("gz", gzip_best(&raw))] {
+            if packed.len() * 10 > raw.len() * 9 {
+                continue;
+            }
+            let target = out.join(format!("{name}.{suffix}"));
+            std::fs::create_dir_all(target.parent().expect("a parent"))
+                .expect("create a folder in OUT_DIR/compressed");
+            std::fs::write(&target, packed).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        }
+    }
+}
+
+/// Every file under `dir`, named by its path from `root` with `/` separators.
+fn collect_files(root: &Path, dir: &Path, into: &mut Vec<(String, PathBuf)>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            collect_files(root, &path, into);
+        } else {
+            let name = path.strip_prefix(root).expect("under root");
+            let name = name
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            into.push((name, path));
+        }
+    }
+}
+
+fn brotli_best(raw: &[u8]) -> Vec<u8> {
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: 11,
+        lgwin: 22,
+        ..Default::default()
+    };
+    let mut packed = Vec::new();
+    brotli::BrotliCompress(&mut &raw[..], &mut packed, &params).expect("brotli into memory");
+    packed
+}
+
+fn gzip_best(raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(raw).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
 }

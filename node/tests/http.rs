@@ -644,3 +644,82 @@ async fn the_pwa_assets_are_served_with_their_types() {
         .expect("bytes");
     assert_eq!(&wasm[..4], b"\0asm");
 }
+
+/// What `path` answers with `accept_encoding`: its Content-Encoding, the body decoded, its ETag.
+async fn fetch_encoded(
+    node: &TestNode,
+    path: &str,
+    accept_encoding: &str,
+) -> (Option<String>, Vec<u8>, Option<String>) {
+    use std::io::Read;
+    let r = client()
+        .get(node.url(path))
+        .header("accept-encoding", accept_encoding)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200, "{path} with {accept_encoding}");
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+    let (encoding, etag) = (header("content-encoding"), header("etag"));
+    let body = r.bytes().await.expect("body").to_vec();
+    let mut decoded = Vec::new();
+    match encoding.as_deref() {
+        None => decoded = body,
+        Some("br") => {
+            brotli::Decompressor::new(&body[..], 4096)
+                .read_to_end(&mut decoded)
+                .expect("brotli");
+        }
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut decoded)
+                .expect("gzip");
+        }
+        Some(other) => panic!("{path}: unexpected content-encoding {other}"),
+    }
+    (encoding, decoded, etag)
+}
+
+#[tokio::test]
+async fn responses_are_compressed_for_clients_that_accept_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    for i in 0..20 {
+        add(&node, &format!("todo {i}")).await;
+    }
+    // Precompressed assets (the wasm bundle, the app script) and the rendered page.
+    for path in ["/static/wasm/wasm_peer_bg.wasm", "/static/app.js", "/"] {
+        let (plain_encoding, plain, plain_etag) = fetch_encoded(&node, path, "identity").await;
+        assert_eq!(plain_encoding, None, "{path}");
+        for (accept, expected) in [("br;q=0.9, gzip;q=0.5", "br"), ("gzip", "gzip")] {
+            let (encoding, decoded, etag) = fetch_encoded(&node, path, accept).await;
+            assert_eq!(encoding.as_deref(), Some(expected), "{path} with {accept}");
+            assert!(
+                decoded == plain,
+                "{path} in {expected} decodes to the same bytes"
+            );
+            if plain_etag.is_some() {
+                assert_ne!(etag, plain_etag, "{path}: each encoding has its own ETag");
+            }
+        }
+    }
+    // What Chromium sends: the precompressed brotli twin for assets; tower-http picks zstd for
+    // pages.
+    let chromium = "gzip, deflate, br, zstd";
+    let (encoding, _, _) = fetch_encoded(&node, "/static/app.js", chromium).await;
+    assert_eq!(encoding.as_deref(), Some("br"));
+    let r = client()
+        .get(node.url("/"))
+        .header("accept-encoding", chromium)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.headers()["content-encoding"], "zstd");
+    // Already-compressed images are sent as they are.
+    let (encoding, _, _) = fetch_encoded(&node, "/static/icons/icon-192.png", "br, gzip").await;
+    assert_eq!(encoding, None);
+}

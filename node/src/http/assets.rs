@@ -33,6 +33,12 @@ struct WasmBundle;
 #[folder = "$OUT_DIR/icons/"]
 struct Icons;
 
+/// Brotli and gzip twins of the text assets and the wasm bundle, made by node/build.rs:
+/// `<name>.br`, `<name>.gz`, named as [`serve`] names the asset.
+#[derive(Embed)]
+#[folder = "$OUT_DIR/compressed/"]
+struct Compressed;
+
 /// The service worker's source; `__BUILD_VERSION__` is replaced with [`build_version`].
 const SERVICE_WORKER: &str = include_str!("../../../templates/static/sw.js");
 
@@ -65,12 +71,75 @@ pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Respo
     let file =
         file.ok_or_else(|| AppError::NotFound("There is no file at this address.".into()))?;
     let content_type = with_charset(file.metadata.mimetype());
-    Ok(respond(
-        &content_type,
-        file.data,
-        &file.metadata.sha256_hash(),
-        &headers,
-    ))
+    let sha256 = file.metadata.sha256_hash();
+    let twin = preferred_encodings(&headers).find_map(|encoding| {
+        Compressed::get(&format!("{path}.{}", encoding.suffix)).map(|twin| (encoding, twin))
+    });
+    let mut response = match twin {
+        // Each representation has its own ETag: a cache must not answer a gzip request with
+        // the brotli bytes it revalidated.
+        Some((encoding, twin)) => {
+            let mut response =
+                respond_as(&content_type, twin.data, &sha256, encoding.suffix, &headers);
+            response.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(encoding.name),
+            );
+            response
+        }
+        None => respond(&content_type, file.data, &sha256, &headers),
+    };
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    Ok(response)
+}
+
+struct Encoding {
+    name: &'static str,
+    suffix: &'static str,
+}
+
+/// Brotli first (smaller), then gzip: those of them the request's `Accept-Encoding` allows,
+/// that is, names it (or `*`) with a q-value above zero.
+fn preferred_encodings(headers: &HeaderMap) -> impl Iterator<Item = Encoding> + '_ {
+    let accepted = |name: &str| {
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let coding = parts.next()?.trim();
+                let q = parts
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                Some((coding.to_ascii_lowercase(), q))
+            })
+            // An explicit entry for the coding wins over `*`.
+            .fold(None, |found: Option<(bool, f32)>, (coding, q)| {
+                match (coding == name, coding == "*", found) {
+                    (true, _, _) => Some((true, q)),
+                    (false, true, None) => Some((false, q)),
+                    _ => found,
+                }
+            })
+            .is_some_and(|(_, q)| q > 0.0)
+    };
+    [
+        Encoding {
+            name: "br",
+            suffix: "br",
+        },
+        Encoding {
+            name: "gzip",
+            suffix: "gz",
+        },
+    ]
+    .into_iter()
+    .filter(move |e| accepted(e.name))
 }
 
 /// `GET /sw.js`: at the root, so its scope is the whole app.
@@ -91,7 +160,22 @@ fn respond(
     sha256: &[u8],
     headers: &HeaderMap,
 ) -> Response {
-    let etag = format!("\"{}\"", hex::encode(&sha256[..16]));
+    respond_as(content_type, data, sha256, "", headers)
+}
+
+/// `data` with an ETag made of the asset's digest and the `variant` it is (an encoding).
+fn respond_as(
+    content_type: &str,
+    data: Cow<'static, [u8]>,
+    sha256: &[u8],
+    variant: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let etag = if variant.is_empty() {
+        format!("\"{}\"", hex::encode(&sha256[..16]))
+    } else {
+        format!("\"{}-{variant}\"", hex::encode(&sha256[..16]))
+    };
     if headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes())
@@ -117,5 +201,34 @@ fn with_charset(mimetype: &str) -> Cow<'_, str> {
         Cow::Owned(format!("{mimetype}; charset=utf-8"))
     } else {
         Cow::Borrowed(mimetype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chosen(accept_encoding: Option<&str>) -> Vec<&'static str> {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = accept_encoding {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(v).expect("a header value"),
+            );
+        }
+        preferred_encodings(&headers).map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn encodings_follow_accept_encoding() {
+        assert_eq!(chosen(None), Vec::<&str>::new());
+        assert_eq!(chosen(Some("identity")), Vec::<&str>::new());
+        assert_eq!(chosen(Some("gzip, deflate, br, zstd")), ["br", "gzip"]);
+        assert_eq!(chosen(Some("gzip")), ["gzip"]);
+        assert_eq!(chosen(Some("BR;q=0.5")), ["br"]);
+        assert_eq!(chosen(Some("br;q=0, gzip")), ["gzip"]);
+        assert_eq!(chosen(Some("*")), ["br", "gzip"]);
+        assert_eq!(chosen(Some("*, br;q=0")), ["gzip"]);
+        assert_eq!(chosen(Some("gzip;q=0, *;q=0.1")), ["br"]);
     }
 }
