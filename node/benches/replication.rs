@@ -5,7 +5,11 @@
 //! 2. Catch-up: node B is stopped, A takes writes making 100,000 changes (33,334 todos × 3
 //!    columns), B is restarted and the time until it holds all of them is measured, with the
 //!    peak RSS (VmHWM) of both processes.
-//! 3. Bulk: A is given 50,000 completed todos (pushed in batches, as a browser or another
+//! 3. A new browser: the browser peer's own logic (`wasm_peer::peer::Peer`, natively, in this
+//!    process) pulls everything A holds through `GET /api/changes` pages, as app.js does: the
+//!    time, the pages, this process's anonymous memory growth (the replica) and the size of the
+//!    snapshot the browser keeps in OPFS.
+//! 4. Bulk: A is given 50,000 completed todos (pushed in batches, as a browser or another
 //!    replica would), B receives them; then one click clears them all on A, and the time until
 //!    B holds none is measured (before the size-cliff fix that clear was one transaction of
 //!    50,000 changes, which B refused: it never arrived). Peak RSS of both again.
@@ -17,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "../tests/support/browser_pull.rs"]
+mod browser_pull;
 #[path = "../tests/support/bulk.rs"]
 mod bulk;
 mod common;
@@ -175,7 +181,28 @@ async fn main() {
     let catch_up = catch_up_started.elapsed();
     let catch_up_rss = (a.peak_rss_mib(), b.peak_rss_mib());
 
-    // 3. A bulk clear: one click on A, `bulk` todos deleted, until B holds none.
+    // 3. A new browser (the browser peer's logic, natively, in this process) pulls all A holds.
+    let own_rss_before = rss_kib(std::process::id(), "RssAnon:");
+    let mut browser = wasm_peer::peer::Peer::new(changeset::SiteId([0xB0; 16]));
+    let pull_started = Instant::now();
+    let pull_pages = browser_pull::pull_all(
+        &mut browser,
+        &client,
+        &format!("http://127.0.0.1:{}", a.http),
+    )
+    .await;
+    let browser_pull = pull_started.elapsed();
+    assert_eq!(
+        browser.todos().len() as i64,
+        a_todos,
+        "the browser holds A's todos"
+    );
+    let browser_rss_growth_mib =
+        rss_kib(std::process::id(), "RssAnon:").saturating_sub(own_rss_before) as f64 / 1024.0;
+    let browser_snapshot_mib = browser.save().len() as f64 / (1024.0 * 1024.0);
+    drop(browser);
+
+    // 4. A bulk clear: one click on A, `bulk` todos deleted, until B holds none.
     for batch in bulk::completed_todos("bulk", bulk).chunks(9_000) {
         let r = client
             .post(format!("http://127.0.0.1:{}/api/changes", a.http))
@@ -221,6 +248,10 @@ async fn main() {
         "seed_writes_per_sec": (per_worker * 16) as f64 / seeded.as_secs_f64(),
         "catch_up_peak_rss_a_mib": catch_up_rss.0,
         "catch_up_peak_rss_b_mib": catch_up_rss.1,
+        "browser_pull_secs": browser_pull.as_secs_f64(),
+        "browser_pull_pages": pull_pages as f64,
+        "browser_pull_rss_growth_mib": browser_rss_growth_mib,
+        "browser_snapshot_mib": browser_snapshot_mib,
         "bulk_cleared_todos": bulk as f64,
         "bulk_clear_on_a_secs": clear_on_a.as_secs_f64(),
         "bulk_clear_reaches_b_secs": bulk_clear.as_secs_f64(),
@@ -240,6 +271,10 @@ async fn main() {
             "seed_writes_per_sec",
             "catch_up_peak_rss_a_mib",
             "catch_up_peak_rss_b_mib",
+            "browser_pull_secs",
+            "browser_pull_pages",
+            "browser_pull_rss_growth_mib",
+            "browser_snapshot_mib",
             "bulk_cleared_todos",
             "bulk_clear_on_a_secs",
             "bulk_clear_reaches_b_secs",

@@ -5,6 +5,8 @@
 //! offline. Both directions are checked here, with the browser peer's own logic
 //! (`wasm_peer::peer::Peer`, the code the browser runs, natively) against real nodes.
 
+#[path = "support/browser_pull.rs"]
+mod browser_pull;
 #[path = "support/bulk.rs"]
 mod bulk;
 mod common;
@@ -55,30 +57,8 @@ async fn push(node: &TestNode, changes: &[Change]) {
     }
 }
 
-/// What app.js does to pull: pages of `GET /api/changes?since=` until `more` is false.
 async fn browser_pulls(browser: &mut Peer, node: &TestNode) {
-    let site: SiteId = get_json(node, "/health").await["site_id"]
-        .as_str()
-        .expect("site id")
-        .parse()
-        .expect("site id");
-    loop {
-        let since = browser.watermark(site).0;
-        let page = client()
-            .get(node.url(&format!("/api/changes?since={since}")))
-            .send()
-            .await
-            .expect("pull")
-            .text()
-            .await
-            .expect("page");
-        if !browser
-            .receive_page(&page)
-            .expect("the browser merges the page")
-        {
-            return;
-        }
-    }
+    browser_pull::pull_all(browser, &client(), &node.url("")).await;
 }
 
 /// What app.js does to push: batches of whole transactions until nothing waits.
