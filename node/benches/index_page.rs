@@ -186,7 +186,7 @@ async fn main() {
         let page_bytes = get_page(&client, &page_url).await;
         let page_bytes_br = get_page_as(&client, &page_url, "br").await;
         let run = Duration::from_secs_f64(args.seconds);
-        let (many, many_secs) = load(PAGE_CONCURRENCY, run, {
+        let fetch_page = {
             let (client, url) = (client.clone(), page_url.clone());
             move |_, _| {
                 let (client, url) = (client.clone(), url.clone());
@@ -194,18 +194,9 @@ async fn main() {
                     get_page(&client, &url).await;
                 }
             }
-        })
-        .await;
-        let (one, _) = load(1, run / 2, {
-            let (client, url) = (client.clone(), page_url.clone());
-            move |_, _| {
-                let (client, url) = (client.clone(), url.clone());
-                async move {
-                    get_page(&client, &url).await;
-                }
-            }
-        })
-        .await;
+        };
+        let (many, many_secs) = load(PAGE_CONCURRENCY, run, fetch_page.clone()).await;
+        let (one, _) = load(1, run / 2, fetch_page).await;
         let figures = [
             ("rps", many.len() as f64 / many_secs),
             ("p50_ms", percentile_ms(&many, 0.50)),
