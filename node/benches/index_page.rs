@@ -5,6 +5,7 @@
 //! changesets, as another replica would) it measures `GET /`:
 //! - 16 keep-alive clients for `--seconds`: requests/s, p50 and p99;
 //! - one client for half as long: p50 (the latency a lone person sees);
+//! - 16 clients revalidating the page they have (`If-None-Match`) for half as long: 304s/s, p99;
 //! - the page's size and bytes of HTML per todo (uncompressed, as the load asks for it), its size
 //!   in brotli, and the node's RSS after the load.
 //!
@@ -197,11 +198,42 @@ async fn main() {
         };
         let (many, many_secs) = load(PAGE_CONCURRENCY, run, fetch_page.clone()).await;
         let (one, _) = load(1, run / 2, fetch_page).await;
+        // A browser revalidating the page it has: 304 while nothing changed.
+        let tag = client
+            .get(&page_url)
+            .send()
+            .await
+            .expect("GET /")
+            .headers()
+            .get("etag")
+            .expect("the page has an ETag")
+            .clone();
+        let (revalidated, revalidated_secs) = load(PAGE_CONCURRENCY, run / 2, {
+            let (client, url) = (client.clone(), page_url.clone());
+            move |_, _| {
+                let (client, url, tag) = (client.clone(), url.clone(), tag.clone());
+                async move {
+                    let r = client
+                        .get(&url)
+                        .header("if-none-match", tag)
+                        .send()
+                        .await
+                        .expect("GET /");
+                    assert_eq!(r.status(), 304, "an unchanged page");
+                }
+            }
+        })
+        .await;
         let figures = [
             ("rps", many.len() as f64 / many_secs),
             ("p50_ms", percentile_ms(&many, 0.50)),
             ("p99_ms", percentile_ms(&many, 0.99)),
             ("one_client_p50_ms", percentile_ms(&one, 0.50)),
+            (
+                "not_modified_rps",
+                revalidated.len() as f64 / revalidated_secs,
+            ),
+            ("not_modified_p99_ms", percentile_ms(&revalidated, 0.99)),
             ("page_bytes", page_bytes as f64),
             ("bytes_per_todo", page_bytes as f64 / size as f64),
             ("page_bytes_br", page_bytes_br as f64),

@@ -105,6 +105,9 @@ pub struct Store {
     path: PathBuf,
     /// The db_version of the latest committed local write: gossip waits on it.
     local_writes: tokio::sync::watch::Sender<u64>,
+    /// The replica's db_version after its latest commit, local or merged: what a page shows
+    /// can only have changed when this has, so pages are tagged with it (see http/etag.rs).
+    committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -138,6 +141,7 @@ impl Store {
             site_id,
             path,
             local_writes: tokio::sync::watch::Sender::new(u64::try_from(db_version).unwrap_or(0)),
+            committed: tokio::sync::watch::Sender::new(u64::try_from(db_version).unwrap_or(0)),
         })
     }
 
@@ -152,6 +156,11 @@ impl Store {
     /// Changes whenever a local write commits; holds that write's db_version.
     pub fn subscribe_local_writes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.local_writes.subscribe()
+    }
+
+    /// The replica's db_version as of its latest commit, without asking SQLite.
+    pub fn committed_version(&self) -> u64 {
+        *self.committed.borrow()
     }
 
     fn reader(&self) -> Result<MutexGuard<'_, CrConnection>, StoreError> {
@@ -308,12 +317,17 @@ impl Store {
                 .map_err(StoreError::Refused)?;
         }
         tx.commit()?;
+        let db_version: i64 = conn
+            .0
+            .query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
+        let db_version = u64::try_from(db_version).unwrap_or(0);
+        self.committed.send_if_modified(|v| {
+            let advanced = *v != db_version;
+            *v = db_version;
+            advanced
+        });
         if local {
-            let db_version: i64 = conn
-                .0
-                .query_row("SELECT crsql_db_version()", [], |r| r.get(0))?;
-            self.local_writes
-                .send_replace(u64::try_from(db_version).unwrap_or(0));
+            self.local_writes.send_replace(db_version);
         }
         Ok(out)
     }

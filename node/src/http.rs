@@ -7,6 +7,7 @@
 mod api;
 mod assets;
 mod error;
+mod etag;
 mod form;
 mod guard;
 mod todos;
@@ -69,7 +70,13 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(todos::index))
+        .route(
+            "/",
+            get(todos::index).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                etag::tag_pages,
+            )),
+        )
         .route("/todos", post(todos::create))
         .route("/todos/clear-completed", post(todos::clear_completed))
         .route("/todos/{id}/toggle", post(todos::toggle))

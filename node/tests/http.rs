@@ -723,3 +723,62 @@ async fn responses_are_compressed_for_clients_that_accept_it() {
     let (encoding, _, _) = fetch_encoded(&node, "/static/icons/icon-192.png", "br, gzip").await;
     assert_eq!(encoding, None);
 }
+
+/// `GET path` with `If-None-Match: tag` (none when `None`): the status and the ETag answered.
+async fn conditional_get(node: &TestNode, path: &str, tag: Option<&str>) -> (u16, String) {
+    let mut request = client().get(node.url(path));
+    if let Some(tag) = tag {
+        request = request.header("if-none-match", tag);
+    }
+    let r = request.send().await.expect("get");
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), etag)
+}
+
+#[tokio::test]
+async fn an_unchanged_page_is_answered_304_until_the_replica_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start(dir.path()).await;
+    add(&node, "first").await;
+    let (status, tag) = conditional_get(&node, "/", None).await;
+    assert_eq!(status, 200);
+    assert!(tag.starts_with("W/\""), "a weak tag: {tag}");
+    assert_eq!(
+        conditional_get(&node, "/", Some(&tag)).await,
+        (304, tag.clone())
+    );
+    // Another query is another page.
+    let (status, active_tag) = conditional_get(&node, "/?filter=active", Some(&tag)).await;
+    assert_eq!(status, 200);
+    assert_ne!(active_tag, tag);
+
+    // A local write changes the tag ...
+    add(&node, "second").await;
+    let (status, after_write) = conditional_get(&node, "/", Some(&tag)).await;
+    assert_eq!(status, 200);
+    assert_ne!(after_write, tag);
+    // ... and so does a change merged from elsewhere (a browser's push).
+    let body = browser_changes(9, "0192f6a0-7c1e-7aaa-8bbb-0123456789ab", "pushed");
+    assert_eq!(push(&node, &body).await.0, 200);
+    let (status, after_merge) = conditional_get(&node, "/", Some(&after_write)).await;
+    assert_eq!(status, 200);
+    assert_ne!(after_merge, after_write);
+    // The same push again changes nothing, so the page is still the same.
+    assert_eq!(push(&node, &body).await.0, 200);
+    assert_eq!(
+        conditional_get(&node, "/", Some(&after_merge)).await,
+        (304, after_merge.clone())
+    );
+    // A restart keeps the data, and the tag.
+    node.stop().await;
+    let node = TestNode::start(dir.path()).await;
+    assert_eq!(
+        conditional_get(&node, "/", Some(&after_merge)).await,
+        (304, after_merge)
+    );
+    node.stop().await;
+}
