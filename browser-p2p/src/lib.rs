@@ -20,6 +20,7 @@ use libp2p::{Multiaddr, PeerId};
 
 #[cfg(target_arch = "wasm32")]
 mod browser;
+pub mod webrtc;
 #[cfg(target_arch = "wasm32")]
 pub use browser::P2p;
 
