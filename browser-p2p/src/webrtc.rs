@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn stun_servers_become_the_rtc_configuration() {
-        assert_eq!(Config::default().rtc_configuration_json(), r#"{"iceServers":[]}"#);
+        assert_eq!(
+            Config::default().rtc_configuration_json(),
+            r#"{"iceServers":[]}"#
+        );
         let config = Config {
             stun_servers: vec!["stun:stun.l.google.com:19302".into()],
         };

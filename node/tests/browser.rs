@@ -679,6 +679,154 @@ async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
     relay.stop().await;
 }
 
+/// Waits until `who` reaches `other` over a direct WebRTC connection (its status says so).
+async fn wait_webrtc(browser: &Browser, who: &str, other: &str) {
+    wait_js(
+        browser,
+        &format!("{who} reaching {other} over WebRTC"),
+        &format!(
+            "todoApp.p2p().peers.some((p) => p.peer_id === '{other}' && p.connection === 'webrtc')"
+        ),
+    )
+    .await;
+}
+
+/// How many todos whose title starts with `prefix` the page's replica holds.
+async fn replica_count(browser: &Browser, prefix: &str) -> u64 {
+    let count = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             todoApp.replicaTodos().then(
+               (t) => done(t.filter((x) => x.title.startsWith(arguments[0])).length),
+               (e) => done(String(e)));",
+            json!([prefix]),
+        )
+        .await;
+    count
+        .as_u64()
+        .unwrap_or_else(|| panic!("replica todos: {count}"))
+}
+
+/// Issue 16: two browsers, every node down, meet through the relay and upgrade to a direct
+/// WebRTC connection (the browser-to-browser `/webrtc` transport of browser-p2p); then the relay
+/// stops, and edits keep flowing both ways and a sync of more than a megabyte (thousands of
+/// todos) completes over the data channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
+    const BULK: usize = 3_000;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
+    let mut config = p2p_config(&dir.path().join("a"), "a", &[]);
+    config.relay_addrs = vec![relay.url().parse().expect("relay url")];
+    let a = TestNode::start_with(config).await;
+    let a_addr = a.addr;
+    eventually(
+        "node A knows the relay's WebSocket address",
+        WAIT,
+        || async {
+            let peers = get_json(&a, "/api/peers").await;
+            peers["relays"][0]["browser_addrs"][0]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await;
+    let (_alice_parent, alice_profile) = profile_dir();
+    let (_bob_parent, bob_profile) = profile_dir();
+    let mut browsers = Vec::new();
+    for (profile, who) in [(&alice_profile, "Alice"), (&bob_profile, "Bob")] {
+        let browser = Browser::start(BrowserOptions {
+            profile,
+            javascript: true,
+        })
+        .await;
+        browser.goto(&format!("http://{a_addr}/")).await;
+        wait_js(
+            &browser,
+            &format!("{who}'s page in server mode, with the relays learned"),
+            "window.todoApp?.ready && todoApp.mode === 'server' \
+             && navigator.serviceWorker.controller \
+             && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
+        )
+        .await;
+        browsers.push(browser);
+    }
+    let (alice, bob) = (&browsers[0], &browsers[1]);
+
+    a.stop().await;
+    let alice_id = peer_id(alice, "Alice").await;
+    let bob_id = peer_id(bob, "Bob").await;
+    wait_connected(alice, "Alice", &bob_id).await;
+    wait_connected(bob, "Bob", &alice_id).await;
+    let relayed = Instant::now();
+    wait_webrtc(alice, "Alice", &bob_id).await;
+    wait_webrtc(bob, "Bob", &alice_id).await;
+    let to_direct = relayed.elapsed();
+    let mut notes = Vec::new();
+    for (browser, other) in [(alice, &bob_id), (bob, &alice_id)] {
+        let status = p2p_status(browser).await;
+        let peer = status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["peer_id"] == other.as_str()))
+            .map(|p| p["webrtc"].to_string());
+        notes.push(peer.unwrap_or_default());
+    }
+
+    // The relay goes: only the direct connection is left.
+    relay.stop().await;
+    add_via_form(alice, "Direct from Alice").await;
+    let sent = Instant::now();
+    wait_text(bob, "Bob", &["Direct from Alice"]).await;
+    let alice_to_bob = sent.elapsed();
+    add_via_form(bob, "Direct from Bob").await;
+    wait_text(alice, "Alice", &["Direct from Alice", "Direct from Bob"]).await;
+
+    // Thousands of todos in one transaction, more than a megabyte of changes.
+    let started = Instant::now();
+    let bytes = alice
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const titles = Array.from({ length: arguments[0] },
+               (_, i) => `bulk ${String(i).padStart(5, '0')} ${'x'.repeat(400)}`);
+             todoApp.addTodos(titles).then(done, (e) => done(String(e)));",
+            json!([BULK]),
+        )
+        .await
+        .as_u64()
+        .expect("the batch's size");
+    assert!(bytes > 1024 * 1024, "a batch of {bytes} bytes");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let on_bob = replica_count(bob, "bulk ").await;
+        if on_bob == BULK as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Bob's replica holds {on_bob} of Alice's {BULK} todos; Bob's log: {}",
+            bob.execute("return todoApp.p2pLog.join('\\n')", json!([]))
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bulk = started.elapsed();
+    wait_webrtc(bob, "Bob after the bulk sync", &alice_id).await;
+
+    eprintln!(
+        "figures: relayed -> WebRTC on both sides {} ms (upgrade as each page saw it: {}); \
+         a todo Alice -> Bob over WebRTC {} ms; {BULK} todos ({bytes} bytes of changes) \
+         Alice -> Bob over WebRTC in {} ms = {:.2} MiB/s",
+        to_direct.as_millis(),
+        notes.join(", "),
+        alice_to_bob.as_millis(),
+        bulk.as_millis(),
+        bytes as f64 / 1024.0 / 1024.0 / bulk.as_secs_f64(),
+    );
+    for browser in browsers {
+        browser.quit().await;
+    }
+}
+
 /// The seed's scenario 1 over libp2p: node A is down, node B is up, and this browser cannot
 /// reach B over HTTP (B's PUBLIC_URL is not reachable from it). The page of A works offline and
 /// syncs with node B over libp2p (B's WebSocket listener, or its circuit on the relay); a

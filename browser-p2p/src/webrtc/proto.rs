@@ -341,7 +341,17 @@ mod tests {
 
     #[test]
     fn varints_round_trip_and_reject_overlong_ones() {
-        for value in [0, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
             assert_eq!(get_varint(&out), Ok(Some((value, out.len()))));
@@ -361,7 +371,10 @@ mod tests {
         assert_eq!(offer.encode(), [5, 0x08, 0, 0x12, 1, b'o']);
         for signal in [
             offer,
-            Signal::new(SignalType::IceCandidate, r#"{"candidate":"candidate:1 1 udp"}"#),
+            Signal::new(
+                SignalType::IceCandidate,
+                r#"{"candidate":"candidate:1 1 udp"}"#,
+            ),
             Signal::new(SignalType::SdpOffer, "x".repeat(20_000)),
         ] {
             let body = one_frame(&signal.encode(), MAX_SIGNALLING_MESSAGE);
@@ -379,8 +392,14 @@ mod tests {
                 value: 7
             })
         );
-        assert_eq!(Signal::decode(&[0x08, 0, 0x12, 5, b'a']), Err(DecodeError::Truncated));
-        assert_eq!(Signal::decode(&[0x08, 0, 0x12, 1, 0xff]), Err(DecodeError::NotUtf8));
+        assert_eq!(
+            Signal::decode(&[0x08, 0, 0x12, 5, b'a']),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            Signal::decode(&[0x08, 0, 0x12, 1, 0xff]),
+            Err(DecodeError::NotUtf8)
+        );
         assert_eq!(Signal::decode(&[0x0b]), Err(DecodeError::BadWireType(3)));
         // Unknown fields are skipped, as protobuf requires.
         assert_eq!(
@@ -433,7 +452,11 @@ mod tests {
     #[test]
     fn the_decoder_reassembles_frames_split_anywhere_and_bounds_them() {
         let mut stream = Vec::new();
-        let frames = [Frame::data(b"hello"), Frame::flag(Flag::Fin), Frame::data(&[9; 300])];
+        let frames = [
+            Frame::data(b"hello"),
+            Frame::flag(Flag::Fin),
+            Frame::data(&[9; 300]),
+        ];
         for f in &frames {
             stream.extend_from_slice(f);
         }

@@ -76,20 +76,18 @@ impl StreamState {
                     incoming.reply = Some(Flag::FinAck);
                 }
             }
-            Some(Flag::StopSending) => {
-                if self.write == WriteHalf::Open {
-                    self.write = WriteHalf::Stopped;
-                }
+            Some(Flag::StopSending) if self.write == WriteHalf::Open => {
+                self.write = WriteHalf::Stopped;
             }
+            Some(Flag::StopSending) => {}
             Some(Flag::Reset) => {
                 self.read = ReadHalf::Reset;
                 self.write = WriteHalf::Reset;
             }
-            Some(Flag::FinAck) => {
-                if self.write == WriteHalf::FinSent {
-                    self.write = WriteHalf::FinAcked;
-                }
+            Some(Flag::FinAck) if self.write == WriteHalf::FinSent => {
+                self.write = WriteHalf::FinAcked;
             }
+            Some(Flag::FinAck) => {}
         }
         incoming
     }
@@ -188,7 +186,11 @@ mod tests {
         assert_eq!(a.on_frame(Some(Flag::Fin), None).reply, Some(Flag::FinAck));
         b.on_frame(Some(Flag::FinAck), None);
         assert!(a.is_done() && b.is_done());
-        assert_eq!(a.on_drop(), None, "a finished stream is not reset when dropped");
+        assert_eq!(
+            a.on_drop(),
+            None,
+            "a finished stream is not reset when dropped"
+        );
     }
 
     #[test]

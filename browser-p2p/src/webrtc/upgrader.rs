@@ -1,0 +1,289 @@
+//! The behaviour paired with [`super::Transport`]: it upgrades relayed connections to direct
+//! WebRTC ones, and retires the relayed connection once the direct one is up.
+//!
+//! Only the side that dialled the relayed connection starts the upgrade (so two browsers do not
+//! both dial), and only once the other side is known to speak `/webrtc-signaling/0.0.1` (the
+//! page tells it from identify). A failed upgrade (ICE found no path) leaves the peers on the
+//! relayed connection; it is tried again after [`RETRY_AFTER`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::FutureExt;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{
+    ConnectionClosed, ConnectionDenied, ConnectionId, DialError, DialFailure, FromSwarm,
+    NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{PeerId, swarm::CloseConnection};
+use web_time::Instant;
+
+use super::transport::PendingCircuits;
+use super::{Path, upgrade_address};
+
+/// How long after a failed upgrade it is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long the listening side keeps the relayed connection after the direct one is up: the
+/// dialer closes it at once, but a js-libp2p dialer still closes its signalling stream on it,
+/// and fails its dial if the connection goes first.
+const RETIRE_AFTER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A direct connection is being set up.
+    Upgrading { peer: PeerId },
+    /// A direct connection is up; `after` is from the start of the upgrade (the dialer's side).
+    Upgraded {
+        peer: PeerId,
+        after: Option<Duration>,
+    },
+    /// The upgrade failed: the peers stay on the relayed connection.
+    Failed { peer: PeerId, error: String },
+}
+
+enum Attempt {
+    InFlight(Instant),
+    Failed(Instant),
+}
+
+struct Relayed {
+    peer: PeerId,
+    remote: Multiaddr,
+    dialed: bool,
+}
+
+pub struct Upgrader {
+    pending: PendingCircuits,
+    relayed: HashMap<ConnectionId, Relayed>,
+    webrtc: HashMap<ConnectionId, PeerId>,
+    supported: HashSet<PeerId>,
+    attempts: HashMap<PeerId, Attempt>,
+    retire: Vec<(Instant, PeerId, ConnectionId)>,
+    timer: Option<futures_timer::Delay>,
+    events: VecDeque<ToSwarm<Event, Infallible>>,
+}
+
+impl Default for Upgrader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upgrader {
+    pub fn new() -> Self {
+        Self {
+            pending: PendingCircuits::default(),
+            relayed: HashMap::new(),
+            webrtc: HashMap::new(),
+            supported: HashSet::new(),
+            attempts: HashMap::new(),
+            retire: Vec::new(),
+            timer: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn pending_circuits(&self) -> PendingCircuits {
+        Arc::clone(&self.pending)
+    }
+
+    /// The peer said (identify) it speaks the signalling protocol.
+    pub fn remote_supports_webrtc(&mut self, peer: PeerId) {
+        self.supported.insert(peer);
+        self.maybe_upgrade(peer);
+    }
+
+    /// Whether a direct connection to `peer` is up.
+    pub fn is_direct(&self, peer: &PeerId) -> bool {
+        self.webrtc.values().any(|p| p == peer)
+    }
+
+    fn maybe_upgrade(&mut self, peer: PeerId) {
+        if !self.supported.contains(&peer) || self.is_direct(&peer) {
+            return;
+        }
+        let now = Instant::now();
+        match self.attempts.get(&peer) {
+            Some(Attempt::InFlight(_)) => return,
+            Some(Attempt::Failed(at)) if now.duration_since(*at) < RETRY_AFTER => return,
+            _ => {}
+        }
+        let Some(address) = self
+            .relayed
+            .values()
+            .find(|r| r.peer == peer && r.dialed)
+            .and_then(|r| upgrade_address(&r.remote))
+        else {
+            return;
+        };
+        self.attempts.insert(peer, Attempt::InFlight(now));
+        self.events
+            .push_back(ToSwarm::GenerateEvent(Event::Upgrading { peer }));
+        self.events.push_back(ToSwarm::Dial {
+            opts: DialOpts::peer_id(peer)
+                .addresses(vec![address])
+                // Connected already (relayed): dial all the same.
+                .condition(PeerCondition::Always)
+                .build(),
+        });
+    }
+
+    fn on_established(&mut self, peer: PeerId, id: ConnectionId, remote: &Multiaddr, dialed: bool) {
+        match Path::of(remote) {
+            Path::Relayed => {
+                self.relayed.insert(
+                    id,
+                    Relayed {
+                        peer,
+                        remote: remote.clone(),
+                        dialed,
+                    },
+                );
+                self.maybe_upgrade(peer);
+            }
+            Path::Webrtc => {
+                self.webrtc.insert(id, peer);
+                let after = match self.attempts.remove(&peer) {
+                    Some(Attempt::InFlight(at)) => Some(at.elapsed()),
+                    _ => None,
+                };
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::Upgraded { peer, after }));
+                let relayed: Vec<ConnectionId> = self
+                    .relayed
+                    .iter()
+                    .filter(|(_, r)| r.peer == peer)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let at = if dialed {
+                    Instant::now()
+                } else {
+                    Instant::now() + RETIRE_AFTER
+                };
+                for connection in relayed {
+                    self.retire.push((at, peer, connection));
+                }
+                self.timer = None;
+            }
+            Path::Direct => {}
+        }
+    }
+
+    fn on_dial_failure(&mut self, peer: PeerId, error: &DialError) {
+        let DialError::Transport(errors) = error else {
+            return;
+        };
+        let Some((_, e)) = errors
+            .iter()
+            .find(|(addr, _)| Path::of(addr) == Path::Webrtc)
+        else {
+            return;
+        };
+        self.attempts.insert(peer, Attempt::Failed(Instant::now()));
+        self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
+            peer,
+            error: e.to_string(),
+        }));
+    }
+}
+
+impl NetworkBehaviour for Upgrader {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        _: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        // A `/webrtc` dial to a peer with no connection yet: the signalling stream needs the
+        // relayed connection first.
+        let circuit = peer.and_then(|p| self.pending.lock().ok()?.remove(&p));
+        Ok(circuit.into_iter().collect())
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                self.on_established(
+                    e.peer_id,
+                    e.connection_id,
+                    e.endpoint.get_remote_address(),
+                    e.endpoint.is_dialer(),
+                );
+            }
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+                self.relayed.remove(&connection_id);
+                self.webrtc.remove(&connection_id);
+                self.retire.retain(|(_, _, c)| *c != connection_id);
+            }
+            FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer),
+                error,
+                ..
+            }) => self.on_dial_failure(peer, error),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        libp2p::core::util::unreachable(event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        let now = Instant::now();
+        if let Some(i) = self.retire.iter().position(|(at, _, _)| *at <= now) {
+            let (_, peer_id, connection) = self.retire.swap_remove(i);
+            return Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(connection),
+            });
+        }
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(event);
+        }
+        if let Some(next) = self.retire.iter().map(|(at, _, _)| *at).min() {
+            let timer = self
+                .timer
+                .get_or_insert_with(|| futures_timer::Delay::new(next.duration_since(now)));
+            if timer.poll_unpin(cx).is_ready() {
+                self.timer = None;
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}
