@@ -405,29 +405,7 @@ fn build_swarm(
     let webrtc_transport = webrtc::Transport::new(stream.new_control(), webrtc_config, &upgrader);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
-        .with_other_transport(|key| {
-            // WebRTC first: the relay client would take `<relay>/p2p-circuit/webrtc/p2p/<id>`
-            // for a circuit to a peer and silently give a relayed connection.
-            let webrtc = webrtc_transport.map(|(peer, c), _| (peer, StreamMuxerBox::new(c)));
-            let relayed = relay_transport
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default())
-                .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
-            let websocket = websocket_websys::Transport::default()
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default())
-                .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
-            Ok(webrtc
-                .or_transport(relayed)
-                .or_transport(websocket)
-                .map(|output, _| match output {
-                    futures::future::Either::Left(futures::future::Either::Left(o))
-                    | futures::future::Either::Left(futures::future::Either::Right(o))
-                    | futures::future::Either::Right(o) => o,
-                }))
-        })
+        .with_other_transport(|key| transport(key, relay_transport, webrtc_transport))
         .map_err(|e| JsError::new(&format!("transports: {e}")))?
         .with_behaviour(|key| Behaviour {
             relay_client,
@@ -454,6 +432,39 @@ fn build_swarm(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
+}
+
+/// WebRTC, then the relay client, then WebSocket. WebRTC comes first: the relay client would
+/// take `<relay>/p2p-circuit/webrtc/p2p/<id>` for a circuit to a peer and silently give a
+/// relayed connection.
+pub(crate) fn transport(
+    key: &Keypair,
+    relay_transport: relay::client::Transport,
+    webrtc_transport: webrtc::Transport,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let webrtc = webrtc_transport.map(|(peer, c), _| (peer, StreamMuxerBox::new(c)));
+    let relayed = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    let websocket = websocket_websys::Transport::default()
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    Ok(webrtc
+        .or_transport(relayed)
+        .or_transport(websocket)
+        .map(|output, _| match output {
+            futures::future::Either::Left(futures::future::Either::Left(o))
+            | futures::future::Either::Left(futures::future::Either::Right(o))
+            | futures::future::Either::Right(o) => o,
+        })
+        .boxed())
 }
 
 struct Peer {

@@ -23,6 +23,10 @@ mod browser;
 pub mod webrtc;
 #[cfg(target_arch = "wasm32")]
 pub use browser::P2p;
+#[cfg(target_arch = "wasm32")]
+mod probe;
+#[cfg(target_arch = "wasm32")]
+pub use probe::Probe;
 
 /// How many peers the page remembers: enough for a team, and a reload never redials hundreds.
 pub const MAX_KNOWN_PEERS: usize = 32;

@@ -17,14 +17,21 @@ use send_wrapper::SendWrapper;
 use super::connection::{self, Connection, Error};
 use super::{Config, SIGNALING_PROTOCOL, parse_dial_address};
 
-/// Relayed addresses of peers a `/webrtc` dial is for, until the swarm asks [`super::Upgrader`]
-/// how to reach them (when no connection exists yet to carry the signalling stream).
-pub(crate) type PendingCircuits = Arc<Mutex<HashMap<PeerId, Multiaddr>>>;
+/// Relayed addresses of peers a `/webrtc` dial is for, for [`super::Upgrader`] to dial when no
+/// connection exists yet to carry the signalling stream (libp2p-stream's own dial is refused
+/// by the swarm while the `/webrtc` dial to the same peer is in progress).
+#[derive(Default)]
+pub(crate) struct PendingCircuits {
+    pub circuits: HashMap<PeerId, Multiaddr>,
+    pub waker: Option<Waker>,
+}
+
+pub(crate) type SharedPending = Arc<Mutex<PendingCircuits>>;
 
 pub struct Transport {
     control: libp2p_stream::Control,
     config: Config,
-    pending: PendingCircuits,
+    pending: SharedPending,
     listener: Option<(ListenerId, libp2p_stream::IncomingStreams)>,
     closed_listener: Option<ListenerId>,
     waker: Option<Waker>,
@@ -112,7 +119,10 @@ impl libp2p::Transport for Transport {
         if let Some(circuit) = target.circuit
             && let Ok(mut pending) = self.pending.lock()
         {
-            pending.insert(target.peer, circuit);
+            pending.circuits.insert(target.peer, circuit);
+            if let Some(w) = pending.waker.take() {
+                w.wake();
+            }
         }
         let control = self.control.clone();
         let config = self.config.clone();

@@ -23,7 +23,7 @@ use libp2p::swarm::{
 use libp2p::{PeerId, swarm::CloseConnection};
 use web_time::Instant;
 
-use super::transport::PendingCircuits;
+use super::transport::SharedPending;
 use super::{Path, upgrade_address};
 
 /// How long after a failed upgrade it is tried again.
@@ -58,7 +58,9 @@ struct Relayed {
 }
 
 pub struct Upgrader {
-    pending: PendingCircuits,
+    pending: SharedPending,
+    /// Connections per peer, of any kind.
+    connected: HashMap<PeerId, usize>,
     relayed: HashMap<ConnectionId, Relayed>,
     webrtc: HashMap<ConnectionId, PeerId>,
     supported: HashSet<PeerId>,
@@ -77,7 +79,8 @@ impl Default for Upgrader {
 impl Upgrader {
     pub fn new() -> Self {
         Self {
-            pending: PendingCircuits::default(),
+            pending: SharedPending::default(),
+            connected: HashMap::new(),
             relayed: HashMap::new(),
             webrtc: HashMap::new(),
             supported: HashSet::new(),
@@ -88,7 +91,7 @@ impl Upgrader {
         }
     }
 
-    pub(crate) fn pending_circuits(&self) -> PendingCircuits {
+    pub(crate) fn pending_circuits(&self) -> SharedPending {
         Arc::clone(&self.pending)
     }
 
@@ -217,22 +220,10 @@ impl NetworkBehaviour for Upgrader {
         Ok(dummy::ConnectionHandler)
     }
 
-    fn handle_pending_outbound_connection(
-        &mut self,
-        _: ConnectionId,
-        peer: Option<PeerId>,
-        _: &[Multiaddr],
-        _: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        // A `/webrtc` dial to a peer with no connection yet: the signalling stream needs the
-        // relayed connection first.
-        let circuit = peer.and_then(|p| self.pending.lock().ok()?.remove(&p));
-        Ok(circuit.into_iter().collect())
-    }
-
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                *self.connected.entry(e.peer_id).or_default() += 1;
                 self.on_established(
                     e.peer_id,
                     e.connection_id,
@@ -240,7 +231,15 @@ impl NetworkBehaviour for Upgrader {
                     e.endpoint.is_dialer(),
                 );
             }
-            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                connection_id,
+                peer_id,
+                remaining_established,
+                ..
+            }) => {
+                if remaining_established == 0 {
+                    self.connected.remove(&peer_id);
+                }
                 self.relayed.remove(&connection_id);
                 self.webrtc.remove(&connection_id);
                 self.retire.retain(|(_, _, c)| *c != connection_id);
@@ -271,6 +270,22 @@ impl NetworkBehaviour for Upgrader {
                 peer_id,
                 connection: CloseConnection::One(connection),
             });
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            for (peer, circuit) in pending.circuits.drain() {
+                // This dial is the upgrade: none is started when the relayed connection is up.
+                self.attempts.insert(peer, Attempt::InFlight(now));
+                if !self.connected.contains_key(&peer) {
+                    // The relayed connection first: the signalling stream rides on it.
+                    self.events.push_back(ToSwarm::Dial {
+                        opts: DialOpts::peer_id(peer)
+                            .addresses(vec![circuit])
+                            .condition(PeerCondition::Always)
+                            .build(),
+                    });
+                }
+            }
+            pending.waker = Some(cx.waker().clone());
         }
         if let Some(event) = self.events.pop_front() {
             return Poll::Ready(event);
