@@ -23,9 +23,9 @@ mod browser;
 pub mod webrtc;
 #[cfg(target_arch = "wasm32")]
 pub use browser::P2p;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "probe"))]
 mod probe;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "probe"))]
 pub use probe::Probe;
 
 /// How many peers the page remembers: enough for a team, and a reload never redials hundreds.

@@ -6,7 +6,8 @@
 //!
 //! The js-libp2p peer is node/tests/js/interop.js, bundled by ci/build-js-libp2p.sh from pinned
 //! npm packages (installed into ~/.cache/todo-hybrid once). The pages are served from a small
-//! loopback HTTP server here; our module comes from the wasm bundle (ci/build-wasm.sh).
+//! loopback HTTP server here; our module is the probe bundle that ci/build-wasm.sh builds beside
+//! the app's (`$WASM_BUNDLE_DIR-probe`).
 
 mod common;
 
@@ -40,7 +41,7 @@ fn js_libp2p_bundle() -> Vec<u8> {
 }
 
 fn wasm_bundle(file: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("WASM_BUNDLE_DIR")).join(file);
+    let path = PathBuf::from(concat!(env!("WASM_BUNDLE_DIR"), "-probe")).join(file);
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e} (build the browser modules first: ci/build-wasm.sh)",
