@@ -401,7 +401,7 @@ fn build_swarm(
     let push_protocol = p2p_protocol::push_protocol(deployment);
     let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
     let stream = libp2p_stream::Behaviour::new();
-    let upgrader = webrtc::Upgrader::new();
+    let upgrader = webrtc::Upgrader::new(key.public().to_peer_id());
     let webrtc_transport = webrtc::Transport::new(stream.new_control(), webrtc_config, &upgrader);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
@@ -735,10 +735,8 @@ impl Peer {
                 connection_id,
                 ..
             } => {
-                self.paths.insert(
-                    connection_id,
-                    (peer_id, Path::of(endpoint.get_remote_address())),
-                );
+                self.paths
+                    .insert(connection_id, (peer_id, Path::of_endpoint(&endpoint)));
                 if self.relays.contains_key(&peer_id) {
                     info(&format!(
                         "connected to relay {peer_id} at {}",

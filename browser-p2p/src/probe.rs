@@ -70,7 +70,7 @@ impl Probe {
         let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
         let stream = libp2p_stream::Behaviour::new();
         let mut control = stream.new_control();
-        let upgrader = webrtc::Upgrader::new();
+        let upgrader = webrtc::Upgrader::new(key.public().to_peer_id());
         let config = webrtc::Config { stun_servers: stun };
         let webrtc_transport = webrtc::Transport::new(stream.new_control(), config, &upgrader);
         let mut swarm: Swarm<Behaviour> = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -216,7 +216,7 @@ async fn run(
                         connections.insert(connection_id, ConnectionStatus {
                             peer_id: peer_id.to_string(),
                             addr: addr.to_string(),
-                            path: Path::of(addr),
+                            path: Path::of_endpoint(&endpoint),
                             ping_ms: None,
                         });
                     }

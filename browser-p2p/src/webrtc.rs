@@ -22,6 +22,7 @@
 //! The codecs and the stream state machine are plain Rust, tested natively; the parts that
 //! touch `RTCPeerConnection` exist only for wasm32.
 
+use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
@@ -123,6 +124,22 @@ pub enum Path {
 }
 
 impl Path {
+    /// A connection's path. A relayed connection this side accepted has only `/p2p/<peer>` as
+    /// its remote address (the relay client's choice): its local address names the circuit.
+    pub fn of_endpoint(endpoint: &ConnectedPoint) -> Self {
+        match endpoint {
+            ConnectedPoint::Dialer { address, .. } => Self::of(address),
+            ConnectedPoint::Listener {
+                local_addr,
+                send_back_addr,
+            } => match (Self::of(local_addr), Self::of(send_back_addr)) {
+                (Self::Webrtc, _) | (_, Self::Webrtc) => Self::Webrtc,
+                (Self::Relayed, _) | (_, Self::Relayed) => Self::Relayed,
+                _ => Self::Direct,
+            },
+        }
+    }
+
     pub fn of(addr: &Multiaddr) -> Self {
         if addr.iter().any(|p| matches!(p, Protocol::WebRTC)) {
             Self::Webrtc
@@ -175,6 +192,44 @@ mod tests {
         assert_eq!(Path::of(&webrtc), Path::Webrtc);
         assert_eq!(Path::of(&circuit), Path::Relayed);
         assert_eq!(Path::of(&addr(&relay_addr)), Path::Direct);
+    }
+
+    #[test]
+    fn accepted_connections_are_classified_by_their_local_address_too() {
+        let peer = PeerId::random();
+        let relay_addr = addr(&format!(
+            "/ip4/127.0.0.1/tcp/4002/ws/p2p/{}",
+            PeerId::random()
+        ));
+        let accepted = |local: Multiaddr, remote: Multiaddr| ConnectedPoint::Listener {
+            local_addr: local,
+            send_back_addr: remote,
+        };
+        // What the relay client reports for an incoming circuit.
+        let circuit_in = accepted(
+            relay_addr.clone().with(Protocol::P2pCircuit),
+            Multiaddr::empty().with(Protocol::P2p(peer)),
+        );
+        assert_eq!(Path::of_endpoint(&circuit_in), Path::Relayed);
+        // What this crate's transport reports for an incoming WebRTC connection.
+        let webrtc_in = accepted(
+            Multiaddr::empty().with(Protocol::WebRTC),
+            addr(&format!("/webrtc/p2p/{peer}")),
+        );
+        assert_eq!(Path::of_endpoint(&webrtc_in), Path::Webrtc);
+        let ws_in = accepted(
+            addr("/ip4/127.0.0.1/tcp/1/ws"),
+            addr("/ip4/127.0.0.1/tcp/2/ws"),
+        );
+        assert_eq!(Path::of_endpoint(&ws_in), Path::Direct);
+        let dialed = ConnectedPoint::Dialer {
+            address: relay_addr
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer)),
+            role_override: libp2p::core::Endpoint::Dialer,
+            port_use: libp2p::core::transport::PortUse::Reuse,
+        };
+        assert_eq!(Path::of_endpoint(&dialed), Path::Relayed);
     }
 
     #[test]

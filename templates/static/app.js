@@ -300,7 +300,7 @@ async function startP2p() {
       remember: (peers) => localStorage.setItem(P2P_PEERS_KEY, JSON.stringify(peers)),
       // STUN servers for WebRTC between browsers (none: host candidates only, which is enough
       // on one machine or LAN). E.g. ["stun:stun.l.google.com:19302"].
-      stunServers: config.stunServers || JSON.parse(localStorage.getItem(P2P_STUN_KEY) || "[]"),
+      stunServers: JSON.parse(localStorage.getItem(P2P_STUN_KEY) || "[]"),
     });
     await new Promise(() => {}); // keep the lock while the page lives
   });

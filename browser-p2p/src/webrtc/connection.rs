@@ -26,9 +26,9 @@ use super::proto::{self, FrameDecoder, Signal, SignalType};
 use super::stream::Stream;
 use super::{Config, SIGNALING_PROTOCOL};
 
-/// How long ICE may take once the descriptions are exchanged (js-libp2p's dial timeout is of
-/// this order); after it the peers stay on the relayed connection.
-const ICE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long ICE may take once the descriptions are exchanged; after it the peers stay on the
+/// relayed connection. Below the swarm's 10 s transport timeout, so the error says why.
+const ICE_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long the dialer waits for the `init` channel to open after ICE connected.
 const INIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the listener keeps the signalling stream for the dialer to close it.

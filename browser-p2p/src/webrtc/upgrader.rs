@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt;
-use libp2p::core::transport::PortUse;
-use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::core::transport::{PortUse, TransportError};
+use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionId, DialError, DialFailure, FromSwarm,
@@ -58,11 +58,13 @@ struct Relayed {
 }
 
 pub struct Upgrader {
+    local: PeerId,
     pending: SharedPending,
     /// Connections per peer, of any kind.
     connected: HashMap<PeerId, usize>,
     relayed: HashMap<ConnectionId, Relayed>,
-    webrtc: HashMap<ConnectionId, PeerId>,
+    /// Direct connections: the peer, and whether this side dialled it.
+    webrtc: HashMap<ConnectionId, (PeerId, bool)>,
     supported: HashSet<PeerId>,
     attempts: HashMap<PeerId, Attempt>,
     retire: Vec<(Instant, PeerId, ConnectionId)>,
@@ -70,15 +72,11 @@ pub struct Upgrader {
     events: VecDeque<ToSwarm<Event, Infallible>>,
 }
 
-impl Default for Upgrader {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Upgrader {
-    pub fn new() -> Self {
+    /// `local`: this peer's id (ties between two browsers that both dialled are broken by it).
+    pub fn new(local: PeerId) -> Self {
         Self {
+            local,
             pending: SharedPending::default(),
             connected: HashMap::new(),
             relayed: HashMap::new(),
@@ -103,7 +101,7 @@ impl Upgrader {
 
     /// Whether a direct connection to `peer` is up.
     pub fn is_direct(&self, peer: &PeerId) -> bool {
-        self.webrtc.values().any(|p| p == peer)
+        self.webrtc.values().any(|(p, _)| p == peer)
     }
 
     fn maybe_upgrade(&mut self, peer: PeerId) {
@@ -115,6 +113,12 @@ impl Upgrader {
             Some(Attempt::InFlight(_)) => return,
             Some(Attempt::Failed(at)) if now.duration_since(*at) < RETRY_AFTER => return,
             _ => {}
+        }
+        // Both dialled a relayed connection: only the smaller id upgrades (the other one's
+        // upgrade would make a second direct connection).
+        let they_dialed_too = self.relayed.values().any(|r| r.peer == peer && !r.dialed);
+        if they_dialed_too && self.local > peer {
+            return;
         }
         let Some(address) = self
             .relayed
@@ -136,8 +140,10 @@ impl Upgrader {
         });
     }
 
-    fn on_established(&mut self, peer: PeerId, id: ConnectionId, remote: &Multiaddr, dialed: bool) {
-        match Path::of(remote) {
+    fn on_established(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
+        let remote = endpoint.get_remote_address();
+        let dialed = endpoint.is_dialer();
+        match Path::of_endpoint(endpoint) {
             Path::Relayed => {
                 self.relayed.insert(
                     id,
@@ -150,7 +156,26 @@ impl Upgrader {
                 self.maybe_upgrade(peer);
             }
             Path::Webrtc => {
-                self.webrtc.insert(id, peer);
+                // Two direct connections (both upgraded at once): both sides keep the one the
+                // smaller id dialled and close the other.
+                let keep_dialed_by_us = self.local < peer;
+                let duplicate = self
+                    .webrtc
+                    .iter()
+                    .find(|(_, (p, _))| *p == peer)
+                    .map(|(c, (_, d))| (*c, *d));
+                if let Some((other, other_dialed)) = duplicate {
+                    let close = if other_dialed == keep_dialed_by_us {
+                        id
+                    } else {
+                        other
+                    };
+                    self.events.push_back(ToSwarm::CloseConnection {
+                        peer_id: peer,
+                        connection: CloseConnection::One(close),
+                    });
+                }
+                self.webrtc.insert(id, (peer, dialed));
                 let after = match self.attempts.remove(&peer) {
                     Some(Attempt::InFlight(at)) => Some(at.elapsed()),
                     _ => None,
@@ -187,11 +212,14 @@ impl Upgrader {
         else {
             return;
         };
+        let error = match e {
+            // Its Display says nothing of the cause.
+            TransportError::Other(e) => e.to_string(),
+            e => e.to_string(),
+        };
         self.attempts.insert(peer, Attempt::Failed(Instant::now()));
-        self.events.push_back(ToSwarm::GenerateEvent(Event::Failed {
-            peer,
-            error: e.to_string(),
-        }));
+        self.events
+            .push_back(ToSwarm::GenerateEvent(Event::Failed { peer, error }));
     }
 }
 
@@ -224,12 +252,7 @@ impl NetworkBehaviour for Upgrader {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 *self.connected.entry(e.peer_id).or_default() += 1;
-                self.on_established(
-                    e.peer_id,
-                    e.connection_id,
-                    e.endpoint.get_remote_address(),
-                    e.endpoint.is_dialer(),
-                );
+                self.on_established(e.peer_id, e.connection_id, e.endpoint);
             }
             FromSwarm::ConnectionClosed(ConnectionClosed {
                 connection_id,
