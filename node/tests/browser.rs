@@ -707,6 +707,46 @@ async fn replica_count(browser: &Browser, prefix: &str) -> u64 {
         .unwrap_or_else(|| panic!("replica todos: {count}"))
 }
 
+/// Alice adds `count` todos of about 400 characters in one transaction (more than a megabyte of
+/// changes); waits until Bob's replica holds them all. Returns the batch's size, how long
+/// Alice's page took to write it, and how long Bob's replica took after that.
+async fn bulk_sync(alice: &Browser, bob: &Browser, count: usize) -> (u64, Duration, Duration) {
+    let prefix = "bulk ";
+    let started = Instant::now();
+    let bytes = alice
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const titles = Array.from({ length: arguments[0] },
+               (_, i) => `${arguments[1]}${String(i).padStart(5, '0')} ${'x'.repeat(400)}`);
+             todoApp.addTodos(titles).then(done, (e) => done(String(e)));",
+            json!([count, prefix]),
+        )
+        .await
+        .as_u64()
+        .expect("the batch's size");
+    assert!(bytes > 1024 * 1024, "a batch of {bytes} bytes");
+    // Alice's replica wrote them (and pushed the batch) by now: what follows is the transfer
+    // and Bob's merge.
+    let written = started.elapsed();
+    let pushed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let on_bob = replica_count(bob, prefix).await;
+        if on_bob == count as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Bob's replica holds {on_bob} of Alice's {count} todos; Bob's log: {}",
+            bob.execute("return todoApp.p2pLog.join('\\n')", json!([]))
+                .await
+        );
+        // Not too often: each look reads Bob's whole replica.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (bytes, written, pushed.elapsed())
+}
+
 /// Issue 16: two browsers, every node down, meet through the relay and upgrade to a direct
 /// WebRTC connection (the browser-to-browser `/webrtc` transport of browser-p2p); then the relay
 /// stops, and edits keep flowing both ways and a sync of more than a megabyte (thousands of
@@ -782,38 +822,7 @@ async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
     wait_text(alice, "Alice", &["Direct from Alice", "Direct from Bob"]).await;
 
     // Thousands of todos in one transaction, more than a megabyte of changes.
-    let started = Instant::now();
-    let bytes = alice
-        .execute_async(
-            "const done = arguments[arguments.length - 1];
-             const titles = Array.from({ length: arguments[0] },
-               (_, i) => `bulk ${String(i).padStart(5, '0')} ${'x'.repeat(400)}`);
-             todoApp.addTodos(titles).then(done, (e) => done(String(e)));",
-            json!([BULK]),
-        )
-        .await
-        .as_u64()
-        .expect("the batch's size");
-    assert!(bytes > 1024 * 1024, "a batch of {bytes} bytes");
-    // Alice's replica wrote them (and pushed the batch) by now: what follows is the transfer
-    // and Bob's merge.
-    let written = started.elapsed();
-    let pushed = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let on_bob = replica_count(bob, "bulk ").await;
-        if on_bob == BULK as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Bob's replica holds {on_bob} of Alice's {BULK} todos; Bob's log: {}",
-            bob.execute("return todoApp.p2pLog.join('\\n')", json!([]))
-                .await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bulk = pushed.elapsed();
+    let (bytes, written, bulk) = bulk_sync(alice, bob, BULK).await;
     wait_webrtc(bob, "Bob after the bulk sync", &alice_id).await;
 
     eprintln!(
@@ -958,7 +967,16 @@ async fn browsers_stay_relayed_and_say_so_when_webrtc_cannot_connect() {
             .map(|p| p["connection"].clone());
         assert_eq!(path, Some(json!("relayed")), "{status}");
     }
+    // The same bulk as over WebRTC, through the relay, for comparison.
+    let (bytes, written, bulk) = bulk_sync(alice, bob, 3_000).await;
     eprintln!("{who}'s status for the peer after the failed upgrade: {note:?}");
+    eprintln!(
+        "figures: relayed: 3000 todos ({bytes} bytes of changes) written on Alice's page in {} \
+         ms, then in Bob's replica {} ms later = {:.2} MiB/s",
+        written.as_millis(),
+        bulk.as_millis(),
+        bytes as f64 / 1024.0 / 1024.0 / bulk.as_secs_f64(),
+    );
     for browser in browsers {
         browser.quit().await;
     }

@@ -60,6 +60,8 @@ struct Relayed {
 pub struct Upgrader {
     local: PeerId,
     pending: SharedPending,
+    /// The upgrade dials this behaviour started, until they succeed or fail.
+    our_dials: HashSet<ConnectionId>,
     /// Connections per peer, of any kind.
     connected: HashMap<PeerId, usize>,
     relayed: HashMap<ConnectionId, Relayed>,
@@ -79,6 +81,7 @@ impl Upgrader {
             local,
             pending: SharedPending::default(),
             connected: HashMap::new(),
+            our_dials: HashSet::new(),
             relayed: HashMap::new(),
             webrtc: HashMap::new(),
             supported: HashSet::new(),
@@ -128,16 +131,16 @@ impl Upgrader {
         else {
             return;
         };
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![address])
+            // Connected already (relayed): dial all the same.
+            .condition(PeerCondition::Always)
+            .build();
+        self.our_dials.insert(opts.connection_id());
         self.attempts.insert(peer, Attempt::InFlight(now));
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Upgrading { peer }));
-        self.events.push_back(ToSwarm::Dial {
-            opts: DialOpts::peer_id(peer)
-                .addresses(vec![address])
-                // Connected already (relayed): dial all the same.
-                .condition(PeerCondition::Always)
-                .build(),
-        });
+        self.events.push_back(ToSwarm::Dial { opts });
     }
 
     fn on_established(&mut self, peer: PeerId, id: ConnectionId, endpoint: &ConnectedPoint) {
@@ -202,20 +205,25 @@ impl Upgrader {
         }
     }
 
-    fn on_dial_failure(&mut self, peer: PeerId, error: &DialError) {
-        let DialError::Transport(errors) = error else {
-            return;
+    /// A failed dial: ours (by its id), or any that tried a `/webrtc` address (one the page
+    /// started through the transport).
+    fn on_dial_failure(&mut self, peer: PeerId, id: ConnectionId, error: &DialError) {
+        let ours = self.our_dials.remove(&id);
+        let webrtc_error = match error {
+            DialError::Transport(errors) => errors
+                .iter()
+                .find(|(addr, _)| Path::of(addr) == Path::Webrtc)
+                .map(|(_, e)| match e {
+                    // Its Display says nothing of the cause.
+                    TransportError::Other(e) => e.to_string(),
+                    e => e.to_string(),
+                }),
+            _ => None,
         };
-        let Some((_, e)) = errors
-            .iter()
-            .find(|(addr, _)| Path::of(addr) == Path::Webrtc)
-        else {
-            return;
-        };
-        let error = match e {
-            // Its Display says nothing of the cause.
-            TransportError::Other(e) => e.to_string(),
-            e => e.to_string(),
+        let error = match (ours, webrtc_error) {
+            (_, Some(e)) => e,
+            (true, None) => error.to_string(),
+            (false, None) => return,
         };
         self.attempts.insert(peer, Attempt::Failed(Instant::now()));
         self.events
@@ -251,6 +259,7 @@ impl NetworkBehaviour for Upgrader {
     fn on_swarm_event(&mut self, event: FromSwarm) {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
+                self.our_dials.remove(&e.connection_id);
                 *self.connected.entry(e.peer_id).or_default() += 1;
                 self.on_established(e.peer_id, e.connection_id, e.endpoint);
             }
@@ -270,8 +279,8 @@ impl NetworkBehaviour for Upgrader {
             FromSwarm::DialFailure(DialFailure {
                 peer_id: Some(peer),
                 error,
-                ..
-            }) => self.on_dial_failure(peer, error),
+                connection_id,
+            }) => self.on_dial_failure(peer, connection_id, error),
             _ => {}
         }
     }
