@@ -1,6 +1,7 @@
 //! Browser-to-browser WebRTC between our wasm peer (browser-p2p's `Probe`: the same transports
 //! as the app's peer) and js-libp2p (`@libp2p/webrtc`, the reference implementation), both in
-//! headless Chromium, through our relay (in-process), both directions: one dials
+//! headless Chromium, through our relay (in-process), both directions (and ours with ours, for
+//! the figures): one dials
 //! `<relay>/p2p-circuit/webrtc/p2p/<other>`, both see a direct WebRTC connection, the relay
 //! stops, and they ping each other and echo 1 MiB each way over the data channels.
 //!
@@ -173,14 +174,158 @@ async fn run(browser: &Browser, expression: &str, args: Value) -> Result<Value, 
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Dialer {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// browser-p2p's Probe.
     Ours,
+    /// js-libp2p.
     Js,
 }
 
-/// One direction: figures as text.
-async fn round(pages: &Pages, relay_dir: &std::path::Path, dialer: Dialer) -> String {
+/// A browser running one peer, and what to say to it.
+struct Side {
+    kind: Kind,
+    browser: Browser,
+    id: String,
+}
+
+impl Side {
+    async fn open(pages: &Pages, kind: Kind, profile: &std::path::Path, relay: &str) -> Self {
+        let browser = Browser::start(BrowserOptions {
+            profile,
+            javascript: true,
+        })
+        .await;
+        let id = match kind {
+            Kind::Ours => {
+                browser
+                    .goto(&format!("http://{}/probe.html", pages.addr))
+                    .await;
+                wait_js(&browser, "our module loaded", "window.probeReady").await;
+                run(
+                    &browser,
+                    "window.probe = Probe.start(arguments[0], [])",
+                    json!([relay]),
+                )
+                .await
+                .expect("start our peer");
+                let id = browser
+                    .execute("return JSON.parse(probe.status()).peer_id", json!([]))
+                    .await;
+                wait_js(
+                    &browser,
+                    "our reservation on the relay",
+                    "JSON.parse(probe.status()).reservation",
+                )
+                .await;
+                id
+            }
+            Kind::Js => {
+                browser
+                    .goto(&format!("http://{}/js.html", pages.addr))
+                    .await;
+                wait_js(&browser, "js-libp2p loaded", "window.jsPeer").await;
+                let id = run(&browser, "jsPeer.start(arguments[0])", json!([relay]))
+                    .await
+                    .expect("start js-libp2p");
+                wait_js(
+                    &browser,
+                    "js-libp2p's reservation on the relay",
+                    "jsPeer.status().addrs.some((a) => a.includes('/p2p-circuit'))",
+                )
+                .await;
+                id
+            }
+        };
+        let id = id.as_str().expect("a peer id").to_owned();
+        Self { kind, browser, id }
+    }
+
+    /// A JS expression over the peer's connections to `other` (`c`: `{peer_id, addr, ...}`):
+    /// `some` / `every` of `test`.
+    fn connections(&self, other: &str, quantifier: &str, test: &str) -> String {
+        let list = match self.kind {
+            Kind::Ours => "JSON.parse(probe.status()).connections",
+            Kind::Js => "jsPeer.status().connections.filter((c) => c.status === 'open')",
+        };
+        format!("{list}.filter((c) => c.peer_id === '{other}').{quantifier}((c) => {test})")
+    }
+
+    async fn wait_webrtc(&self, other: &str, what: &str) {
+        let expr = self.connections(other, "some", "c.addr.includes('/webrtc')");
+        wait_js(&self.browser, what, &expr).await;
+    }
+
+    async fn wait_only_webrtc(&self, other: &str, what: &str) {
+        let expr = self.connections(other, "every", "c.addr.includes('/webrtc')");
+        wait_js(&self.browser, what, &expr).await;
+    }
+
+    async fn dial(&self, addr: &str) {
+        match self.kind {
+            Kind::Ours => {
+                run(&self.browser, "probe.dial(arguments[0])", json!([addr]))
+                    .await
+                    .expect("our dial");
+            }
+            Kind::Js => {
+                // js-libp2p's dialer now and then waits for an `init` channel event that never
+                // comes (see shared/research/browser-p2p.md): a dial may need a second try.
+                let mut last = String::new();
+                for _ in 0..3 {
+                    match run(&self.browser, "jsPeer.dial(arguments[0])", json!([addr])).await {
+                        Ok(remote) => {
+                            assert!(
+                                remote.as_str().is_some_and(|a| a.contains("/webrtc")),
+                                "js-libp2p's connection is not WebRTC: {remote}"
+                            );
+                            return;
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                panic!("js-libp2p could not dial over WebRTC: {last}");
+            }
+        }
+    }
+
+    /// A ping round trip to `other` over the direct connection, in ms.
+    async fn ping(&self, other: &str) -> f64 {
+        let rtt = match self.kind {
+            Kind::Js => run(&self.browser, "jsPeer.ping(arguments[0])", json!([other]))
+                .await
+                .expect("js-libp2p pings"),
+            Kind::Ours => {
+                // The ping behaviour pings every connection each second.
+                let answered = format!(
+                    "JSON.parse(probe.status()).connections.find((c) => c.peer_id === '{other}' \
+                     && c.path === 'webrtc' && c.ping_ms !== null)"
+                );
+                wait_js(&self.browser, "our ping over WebRTC answered", &answered).await;
+                self.browser
+                    .execute(&format!("return ({answered}).ping_ms"), json!([]))
+                    .await
+            }
+        };
+        rtt.as_f64().expect("milliseconds")
+    }
+
+    /// Echoes `len` bytes through `other`, in ms.
+    async fn echo(&self, other: &str, len: u64) -> f64 {
+        let call = match self.kind {
+            Kind::Ours => "probe.echo(arguments[0], arguments[1])",
+            Kind::Js => "jsPeer.echo(arguments[0], arguments[1])",
+        };
+        run(&self.browser, call, json!([other, len]))
+            .await
+            .unwrap_or_else(|e| panic!("{:?} echoing {len} bytes: {e}", self.kind))
+            .as_f64()
+            .expect("milliseconds")
+    }
+}
+
+/// `dialer` dials `listener` over WebRTC through a relay of their own; figures as text.
+async fn round(pages: &Pages, relay_dir: &std::path::Path, dialer: Kind, listener: Kind) -> String {
     let mut relay = InProcessRelay::start(relay_dir).await;
     let relay_ws: Multiaddr = relay
         .addrs
@@ -188,189 +333,51 @@ async fn round(pages: &Pages, relay_dir: &std::path::Path, dialer: Dialer) -> St
         .find(|a| a.iter().any(|p| matches!(p, Protocol::Ws(_))))
         .expect("the relay's WebSocket address")
         .clone();
-    let (_ours_parent, ours_profile) = profile_dir();
-    let (_js_parent, js_profile) = profile_dir();
-    let ours = Browser::start(BrowserOptions {
-        profile: &ours_profile,
-        javascript: true,
-    })
-    .await;
-    let js = Browser::start(BrowserOptions {
-        profile: &js_profile,
-        javascript: true,
-    })
-    .await;
-    ours.goto(&format!("http://{}/probe.html", pages.addr))
-        .await;
-    js.goto(&format!("http://{}/js.html", pages.addr)).await;
-    wait_js(&ours, "our module loaded", "window.probeReady").await;
-    wait_js(&js, "js-libp2p loaded", "window.jsPeer").await;
-
     let relay_ws = relay_ws.to_string();
-    run(
-        &ours,
-        "window.probe = Probe.start(arguments[0], [])",
-        json!([relay_ws]),
-    )
-    .await
-    .expect("start our peer");
-    let ours_id = ours
-        .execute("return JSON.parse(probe.status()).peer_id", json!([]))
-        .await
-        .as_str()
-        .expect("our peer id")
-        .to_owned();
-    let js_id = run(&js, "jsPeer.start(arguments[0])", json!([relay_ws]))
-        .await
-        .expect("start js-libp2p")
-        .as_str()
-        .expect("js peer id")
-        .to_owned();
-    wait_js(
-        &ours,
-        "our reservation on the relay",
-        "JSON.parse(probe.status()).reservation",
-    )
-    .await;
-    wait_js(
-        &js,
-        "js-libp2p's reservation on the relay",
-        "jsPeer.status().addrs.some((a) => a.includes('/p2p-circuit'))",
-    )
-    .await;
+    let (_a_parent, a_profile) = profile_dir();
+    let (_b_parent, b_profile) = profile_dir();
+    let a = Side::open(pages, dialer, &a_profile, &relay_ws).await;
+    let b = Side::open(pages, listener, &b_profile, &relay_ws).await;
 
     let started = Instant::now();
-    match dialer {
-        Dialer::Js => {
-            let target = format!("{relay_ws}/p2p-circuit/webrtc/p2p/{ours_id}");
-            // js-libp2p's dialer now and then waits for an `init` channel event that never
-            // comes (see shared/research/browser-p2p.md): a dial may need a second try.
-            let mut last = String::new();
-            let mut dialled = false;
-            for _ in 0..3 {
-                match run(&js, "jsPeer.dial(arguments[0])", json!([target])).await {
-                    Ok(addr) => {
-                        assert!(
-                            addr.as_str().is_some_and(|a| a.contains("/webrtc")),
-                            "js-libp2p's connection is not WebRTC: {addr}"
-                        );
-                        dialled = true;
-                        break;
-                    }
-                    Err(e) => last = e,
-                }
-            }
-            assert!(dialled, "js-libp2p could not dial us over WebRTC: {last}");
-        }
-        Dialer::Ours => {
-            let target = format!("{relay_ws}/p2p-circuit/webrtc/p2p/{js_id}");
-            run(&ours, "probe.dial(arguments[0])", json!([target]))
-                .await
-                .expect("our dial");
-        }
-    }
-    wait_js(
-        &ours,
-        "our side of the WebRTC connection",
-        &format!(
-            "JSON.parse(probe.status()).connections.some((c) => c.peer_id === '{js_id}' \
-             && c.path === 'webrtc')"
-        ),
-    )
-    .await;
-    wait_js(
-        &js,
-        "js-libp2p's side of the WebRTC connection",
-        &format!(
-            "jsPeer.status().connections.some((c) => c.peer_id === '{ours_id}' \
-             && c.addr.includes('/webrtc') && c.status === 'open')"
-        ),
-    )
-    .await;
+    a.dial(&format!("{relay_ws}/p2p-circuit/webrtc/p2p/{}", b.id))
+        .await;
+    a.wait_webrtc(&b.id, "the dialer's side of the WebRTC connection")
+        .await;
+    b.wait_webrtc(&a.id, "the listener's side of the WebRTC connection")
+        .await;
     let to_direct = started.elapsed();
 
     // Only the direct connection is left once the relay is gone.
     relay.stop().await;
-    wait_js(
-        &ours,
-        "our relayed connections gone",
-        &format!(
-            "JSON.parse(probe.status()).connections.every((c) => c.peer_id !== '{js_id}' \
-             || c.path === 'webrtc')"
-        ),
-    )
-    .await;
-    wait_js(
-        &js,
-        "js-libp2p's relayed connections gone",
-        &format!(
-            "jsPeer.status().connections.filter((c) => c.peer_id === '{ours_id}' \
-             && c.status === 'open').every((c) => c.addr.includes('/webrtc'))"
-        ),
-    )
-    .await;
-
-    let js_ping = run(&js, "jsPeer.ping(arguments[0])", json!([ours_id]))
-        .await
-        .expect("js-libp2p pings us");
-    wait_js(
-        &ours,
-        "our ping over WebRTC answered",
-        &format!(
-            "JSON.parse(probe.status()).connections.some((c) => c.peer_id === '{js_id}' \
-             && c.path === 'webrtc' && c.ping_ms !== null)"
-        ),
-    )
-    .await;
-    let ours_ping = ours
-        .execute(
-            &format!(
-                "return JSON.parse(probe.status()).connections.find((c) => \
-                 c.peer_id === '{js_id}' && c.path === 'webrtc').ping_ms"
-            ),
-            json!([]),
-        )
+    a.wait_only_webrtc(&b.id, "the dialer's relayed connections gone")
         .await;
-    let js_echo = run(
-        &js,
-        "jsPeer.echo(arguments[0], arguments[1])",
-        json!([ours_id, ECHO_BYTES]),
-    )
-    .await
-    .expect("js-libp2p echoes 1 MiB through us");
-    let ours_echo = run(
-        &ours,
-        "probe.echo(arguments[0], arguments[1])",
-        json!([js_id, ECHO_BYTES]),
-    )
-    .await
-    .expect("we echo 1 MiB through js-libp2p");
+    b.wait_only_webrtc(&a.id, "the listener's relayed connections gone")
+        .await;
+    let a_ping = a.ping(&b.id).await;
+    let b_ping = b.ping(&a.id).await;
+    // The first large transfer on a new connection is the slow one (the association warming
+    // up): the listener echoes first and again last.
+    let b_echo = b.echo(&a.id, ECHO_BYTES).await;
+    let a_echo = a.echo(&b.id, ECHO_BYTES).await;
+    let b_echo_again = b.echo(&a.id, ECHO_BYTES).await;
     // Still direct, after all that.
-    wait_js(
-        &ours,
-        "the WebRTC connection still up",
-        &format!(
-            "JSON.parse(probe.status()).connections.some((c) => c.peer_id === '{js_id}' \
-             && c.path === 'webrtc')"
-        ),
-    )
-    .await;
+    a.wait_webrtc(&b.id, "the WebRTC connection still up").await;
 
-    let mib_s = |ms: &Value| {
-        let ms = ms.as_f64().expect("milliseconds");
-        // An echo moves the bytes both ways.
-        2.0 * ECHO_BYTES as f64 / 1024.0 / 1024.0 / (ms / 1000.0)
-    };
+    // An echo moves the bytes both ways.
+    let mib_s = |ms: f64| 2.0 * ECHO_BYTES as f64 / 1024.0 / 1024.0 / (ms / 1000.0);
     let figures = format!(
-        "{dialer:?} dials: relayed -> WebRTC {} ms; ping js->ours {js_ping} ms, ours->js {ours_ping} \
-         ms; echo of {ECHO_BYTES} bytes js->ours {js_echo} ms ({:.1} MiB/s both ways), ours->js \
-         {ours_echo} ms ({:.1} MiB/s)",
+        "{dialer:?} dials {listener:?}: relayed -> WebRTC {} ms; ping {a_ping:.1} / {b_ping:.1} \
+         ms; echo of {ECHO_BYTES} bytes: the dialer's through the listener {a_echo:.0} ms \
+         ({:.1} MiB/s, both ways counted), the listener's through the dialer {b_echo:.0} ms \
+         ({:.1} MiB/s; the connection's first) and again {b_echo_again:.0} ms ({:.1} MiB/s)",
         to_direct.as_millis(),
-        mib_s(&js_echo),
-        mib_s(&ours_echo),
+        mib_s(a_echo),
+        mib_s(b_echo),
+        mib_s(b_echo_again),
     );
-    ours.quit().await;
-    js.quit().await;
+    a.browser.quit().await;
+    b.browser.quit().await;
     figures
 }
 
@@ -401,7 +408,19 @@ async fn our_wasm_peer_and_js_libp2p_go_direct_over_webrtc_both_ways() {
     ])
     .await;
     let dir = tempfile::tempdir().expect("dir");
-    let js_dials = round(&pages, &dir.path().join("relay-1"), Dialer::Js).await;
-    let ours_dials = round(&pages, &dir.path().join("relay-2"), Dialer::Ours).await;
-    eprintln!("figures: {js_dials}\nfigures: {ours_dials}");
+    let mut figures = Vec::new();
+    for (i, (dialer, listener)) in [
+        (Kind::Js, Kind::Ours),
+        (Kind::Ours, Kind::Js),
+        (Kind::Ours, Kind::Ours),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let relay_dir = dir.path().join(format!("relay-{i}"));
+        figures.push(round(&pages, &relay_dir, dialer, listener).await);
+    }
+    for f in figures {
+        eprintln!("figures: {f}");
+    }
 }
