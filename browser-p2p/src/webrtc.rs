@@ -35,14 +35,12 @@ mod connection;
 mod stream;
 #[cfg(target_arch = "wasm32")]
 mod transport;
-#[cfg(target_arch = "wasm32")]
 mod upgrader;
 
 #[cfg(target_arch = "wasm32")]
 pub use connection::Connection;
 #[cfg(target_arch = "wasm32")]
 pub use transport::Transport;
-#[cfg(target_arch = "wasm32")]
 pub use upgrader::{Event, Upgrader};
 
 pub const SIGNALING_PROTOCOL: StreamProtocol = StreamProtocol::new("/webrtc-signaling/0.0.1");

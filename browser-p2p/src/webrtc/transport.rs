@@ -2,9 +2,7 @@
 //! `/webrtc/p2p/<peer>` over a connection that exists), and listens on `/webrtc`, that is for
 //! signalling streams on any relayed connection.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use futures::future::BoxFuture;
@@ -15,18 +13,8 @@ use libp2p::{Multiaddr, PeerId};
 use send_wrapper::SendWrapper;
 
 use super::connection::{self, Connection, Error};
+use super::upgrader::SharedPending;
 use super::{Config, SIGNALING_PROTOCOL, parse_dial_address};
-
-/// Relayed addresses of peers a `/webrtc` dial is for, for [`super::Upgrader`] to dial when no
-/// connection exists yet to carry the signalling stream (libp2p-stream's own dial is refused
-/// by the swarm while the `/webrtc` dial to the same peer is in progress).
-#[derive(Default)]
-pub(crate) struct PendingCircuits {
-    pub circuits: HashMap<PeerId, Multiaddr>,
-    pub waker: Option<Waker>,
-}
-
-pub(crate) type SharedPending = Arc<Mutex<PendingCircuits>>;
 
 pub struct Transport {
     control: libp2p_stream::Control,

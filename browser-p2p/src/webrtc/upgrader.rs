@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -23,7 +23,16 @@ use libp2p::swarm::{
 use libp2p::{PeerId, swarm::CloseConnection};
 use web_time::Instant;
 
-use super::transport::SharedPending;
+/// Relayed addresses of peers a `/webrtc` dial is for, for [`Upgrader`] to dial when no
+/// connection exists yet to carry the signalling stream (libp2p-stream's own dial is refused
+/// by the swarm while the `/webrtc` dial to the same peer is in progress).
+#[derive(Default)]
+pub(crate) struct PendingCircuits {
+    pub circuits: HashMap<PeerId, Multiaddr>,
+    pub waker: Option<Waker>,
+}
+
+pub(crate) type SharedPending = Arc<Mutex<PendingCircuits>>;
 use super::{Path, upgrade_address};
 
 /// How long after a failed upgrade it is tried again.
@@ -92,6 +101,8 @@ impl Upgrader {
         }
     }
 
+    /// For the transport (wasm32 only) to hand its dials' circuits over.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     pub(crate) fn pending_circuits(&self) -> SharedPending {
         Arc::clone(&self.pending)
     }
@@ -332,5 +343,264 @@ impl NetworkBehaviour for Upgrader {
             }
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::core::transport::PortUse;
+    use libp2p::multiaddr::Protocol;
+    use libp2p::swarm::behaviour::ConnectionEstablished;
+
+    use super::*;
+
+    fn relay_addr() -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/4002/ws/p2p/{}", PeerId::random())
+            .parse()
+            .expect("addr")
+    }
+
+    fn dialed(addr: Multiaddr) -> ConnectedPoint {
+        ConnectedPoint::Dialer {
+            address: addr,
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        }
+    }
+
+    fn circuit_out(relay: &Multiaddr, peer: PeerId) -> ConnectedPoint {
+        dialed(
+            relay
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(peer)),
+        )
+    }
+
+    fn circuit_in(relay: &Multiaddr, peer: PeerId) -> ConnectedPoint {
+        ConnectedPoint::Listener {
+            local_addr: relay.clone().with(Protocol::P2pCircuit),
+            send_back_addr: Multiaddr::empty().with(Protocol::P2p(peer)),
+        }
+    }
+
+    fn webrtc_out(relay: &Multiaddr, peer: PeerId) -> ConnectedPoint {
+        dialed(
+            relay
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::WebRTC)
+                .with(Protocol::P2p(peer)),
+        )
+    }
+
+    fn webrtc_in(peer: PeerId) -> ConnectedPoint {
+        ConnectedPoint::Listener {
+            local_addr: Multiaddr::empty().with(Protocol::WebRTC),
+            send_back_addr: Multiaddr::empty()
+                .with(Protocol::WebRTC)
+                .with(Protocol::P2p(peer)),
+        }
+    }
+
+    fn establish(u: &mut Upgrader, peer: PeerId, endpoint: &ConnectedPoint) -> ConnectionId {
+        let connection_id = ConnectionId::new_unchecked(rand_id());
+        u.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id,
+            endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+        connection_id
+    }
+
+    fn rand_id() -> usize {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(1_000);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Everything the behaviour has to say now.
+    fn drain(u: &mut Upgrader) -> Vec<ToSwarm<Event, Infallible>> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut out = Vec::new();
+        while let Poll::Ready(event) = u.poll(&mut cx) {
+            out.push(event);
+        }
+        out
+    }
+
+    fn dials(events: &[ToSwarm<Event, Infallible>]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ToSwarm::Dial { opts } => Some(format!("{opts:?}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(events: &[ToSwarm<Event, Infallible>]) -> Vec<ConnectionId> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ToSwarm::CloseConnection {
+                    connection: CloseConnection::One(c),
+                    ..
+                } => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Two ids ordered as asked.
+    fn ordered_pair() -> (PeerId, PeerId) {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        if a < b { (a, b) } else { (b, a) }
+    }
+
+    #[test]
+    fn the_dialer_of_a_relayed_connection_upgrades_once_the_peer_speaks_signalling() {
+        let (me, peer) = (PeerId::random(), PeerId::random());
+        let relay = relay_addr();
+        let mut u = Upgrader::new(me);
+        let relayed = establish(&mut u, peer, &circuit_out(&relay, peer));
+        assert!(dials(&drain(&mut u)).is_empty(), "not before identify");
+        u.remote_supports_webrtc(peer);
+        let events = drain(&mut u);
+        let dial = dials(&events);
+        assert_eq!(dial.len(), 1, "{events:?}");
+        assert!(dial[0].contains("/p2p-circuit/webrtc/p2p/"), "{dial:?}");
+        assert!(matches!(
+            events[0],
+            ToSwarm::GenerateEvent(Event::Upgrading { .. })
+        ));
+        u.remote_supports_webrtc(peer);
+        assert!(dials(&drain(&mut u)).is_empty(), "one upgrade at a time");
+        // Up: reported with its duration, and the relayed connection is closed at once.
+        establish(&mut u, peer, &webrtc_out(&relay, peer));
+        let events = drain(&mut u);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            ToSwarm::GenerateEvent(Event::Upgraded { after: Some(_), .. })
+        )));
+        assert_eq!(closed(&events), [relayed]);
+        assert!(u.is_direct(&peer));
+    }
+
+    #[test]
+    fn the_side_that_accepted_the_relayed_connection_waits_to_be_dialled() {
+        let (me, peer) = (PeerId::random(), PeerId::random());
+        let relay = relay_addr();
+        let mut u = Upgrader::new(me);
+        let relayed = establish(&mut u, peer, &circuit_in(&relay, peer));
+        u.remote_supports_webrtc(peer);
+        assert!(dials(&drain(&mut u)).is_empty());
+        establish(&mut u, peer, &webrtc_in(peer));
+        let events = drain(&mut u);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            ToSwarm::GenerateEvent(Event::Upgraded { after: None, .. })
+        )));
+        assert!(
+            closed(&events).is_empty(),
+            "the listener leaves the relayed connection a while (RETIRE_AFTER)"
+        );
+        assert!(u.retire.iter().any(|(_, _, c)| *c == relayed));
+    }
+
+    #[test]
+    fn when_both_dialled_only_the_smaller_id_upgrades() {
+        let (small, big) = ordered_pair();
+        let relay = relay_addr();
+        for (me, peer, upgrades) in [(small, big, true), (big, small, false)] {
+            let mut u = Upgrader::new(me);
+            establish(&mut u, peer, &circuit_in(&relay, peer));
+            establish(&mut u, peer, &circuit_out(&relay, peer));
+            u.remote_supports_webrtc(peer);
+            assert_eq!(!dials(&drain(&mut u)).is_empty(), upgrades, "me {me}");
+        }
+    }
+
+    #[test]
+    fn of_two_direct_connections_both_sides_keep_the_one_the_smaller_id_dialled() {
+        let (small, big) = ordered_pair();
+        let relay = relay_addr();
+        // As `small` sees it: its own dial is kept, the accepted one closed; and `big` agrees.
+        let mut u = Upgrader::new(small);
+        let mine = establish(&mut u, big, &webrtc_out(&relay, big));
+        drain(&mut u);
+        let theirs = establish(&mut u, big, &webrtc_in(big));
+        assert_eq!(closed(&drain(&mut u)), [theirs]);
+        let mut u = Upgrader::new(big);
+        let theirs = establish(&mut u, small, &webrtc_in(small));
+        drain(&mut u);
+        let mine_too = establish(&mut u, small, &webrtc_out(&relay, small));
+        assert_eq!(closed(&drain(&mut u)), [mine_too]);
+        let _ = (mine, theirs);
+    }
+
+    #[test]
+    fn a_failed_upgrade_is_reported_and_not_retried_at_once() {
+        let (me, peer) = (PeerId::random(), PeerId::random());
+        let relay = relay_addr();
+        let mut u = Upgrader::new(me);
+        establish(&mut u, peer, &circuit_out(&relay, peer));
+        u.remote_supports_webrtc(peer);
+        let events = drain(&mut u);
+        let id = events
+            .iter()
+            .find_map(|e| match e {
+                ToSwarm::Dial { opts } => Some(opts.connection_id()),
+                _ => None,
+            })
+            .expect("a dial");
+        u.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(peer),
+            error: &DialError::Aborted,
+            connection_id: id,
+        }));
+        let events = drain(&mut u);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ToSwarm::GenerateEvent(Event::Failed { .. }))),
+            "{events:?}"
+        );
+        u.remote_supports_webrtc(peer);
+        assert!(
+            dials(&drain(&mut u)).is_empty(),
+            "retried only after RETRY_AFTER"
+        );
+        assert!(!u.is_direct(&peer));
+        // Other dials failing (say, a relay circuit) are none of its business.
+        let other = PeerId::random();
+        u.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(other),
+            error: &DialError::Aborted,
+            connection_id: ConnectionId::new_unchecked(rand_id()),
+        }));
+        assert!(drain(&mut u).is_empty());
+    }
+
+    #[test]
+    fn a_webrtc_dial_without_a_connection_has_the_circuit_dialled_first() {
+        let (me, peer) = (PeerId::random(), PeerId::random());
+        let relay = relay_addr();
+        let mut u = Upgrader::new(me);
+        let circuit = relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer));
+        u.pending_circuits()
+            .lock()
+            .expect("lock")
+            .circuits
+            .insert(peer, circuit.clone());
+        let dial = dials(&drain(&mut u));
+        assert_eq!(dial.len(), 1);
+        assert!(dial[0].contains(&circuit.to_string()), "{dial:?}");
+        // And no second upgrade once that relayed connection is up.
+        establish(&mut u, peer, &dialed(circuit));
+        u.remote_supports_webrtc(peer);
+        assert!(dials(&drain(&mut u)).is_empty());
     }
 }
