@@ -4,7 +4,8 @@
 # (browser-p2p/, loaded only in offline mode). Each: cargo for wasm32 with the
 # size-optimised wasm-release profile, wasm-bindgen (the CLI of exactly the version in
 # Cargo.lock, installed under ~/.cache when missing), then wasm-opt -Oz from npm's binaryen
-# (Debian's is too old and emits broken modules). Prints raw and gzip sizes. Quick when
+# (Debian's is too old and emits broken modules). Prints raw and gzip sizes. Also builds the
+# probe bundle for the WebRTC interoperability test (see below). Quick when
 # nothing changed: each step is skipped when its input is the same as last time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +42,14 @@ rustup target add wasm32-unknown-unknown >/dev/null 2>&1
 install_bindgen
 install_binaryen
 
-cargo build --quiet --locked -p wasm-peer -p browser-p2p --target wasm32-unknown-unknown --profile wasm-release
-modules=(wasm_peer browser_p2p)
-inputs=()
-for m in "${modules[@]}"; do inputs+=("$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/$m.wasm"); done
-input_sum=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$WASM_BUNDLE_DIR/.input.sha256" 2>/dev/null)" != "$input_sum" ]; then
+# wasm-bindgen and wasm-opt for each module given, into $1; skipped when the inputs are the
+# same as last time.
+bundle() {
+  local out=$1; shift
+  local inputs=("$@")
+  local input_sum
+  input_sum=$(cat "${inputs[@]}" | sha256sum | cut -d' ' -f1)
+  [ "$(cat "$out/.input.sha256" 2>/dev/null)" = "$input_sum" ] && return 0
   work=$(mktemp -d "$TODO_CACHE/wasm-bundle.XXXXXX")
   trap 'rm -rf "$work"' EXIT
   for input in "${inputs[@]}"; do
@@ -59,12 +62,25 @@ if [ "$(cat "$WASM_BUNDLE_DIR/.input.sha256" 2>/dev/null)" != "$input_sum" ]; th
   done
   echo "$input_sum" > "$work/.input.sha256"
   # Replace the bundle in one step, so a half-written one is never embedded.
-  rm -rf "$WASM_BUNDLE_DIR.old"
-  [ -d "$WASM_BUNDLE_DIR" ] && mv "$WASM_BUNDLE_DIR" "$WASM_BUNDLE_DIR.old"
-  mv "$work" "$WASM_BUNDLE_DIR"
-  rm -rf "$WASM_BUNDLE_DIR.old"
+  rm -rf "$out.old"
+  [ -d "$out" ] && mv "$out" "$out.old"
+  mv "$work" "$out"
+  rm -rf "$out.old"
   trap - EXIT
-fi
+}
+
+release=$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release
+# First the probe: browser-p2p with its `probe` feature (a bare libp2p peer that the WebRTC
+# interoperability test with js-libp2p drives), into $WASM_BUNDLE_DIR-probe; the node never
+# serves it. Built first because it shares its output file with the app's build below.
+cargo build --quiet --locked -p browser-p2p --features probe --target wasm32-unknown-unknown --profile wasm-release
+bundle "$WASM_BUNDLE_DIR-probe" "$release/browser_p2p.wasm"
+
+cargo build --quiet --locked -p wasm-peer -p browser-p2p --target wasm32-unknown-unknown --profile wasm-release
+modules=(wasm_peer browser_p2p)
+inputs=()
+for m in "${modules[@]}"; do inputs+=("$release/$m.wasm"); done
+bundle "$WASM_BUNDLE_DIR" "${inputs[@]}"
 
 for m in "${modules[@]}"; do
   for f in "${m}_bg.wasm" "$m.js"; do

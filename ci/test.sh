@@ -28,6 +28,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "the shared crates and the browser's modules build for wasm32-unknown-unknown, clippy-clean there too"
 cargo clippy --locked -p changeset -p app -p p2p-protocol -p wasm-peer -p browser-p2p \
   --target wasm32-unknown-unknown -- -D warnings
+cargo clippy --locked -p browser-p2p --features probe --target wasm32-unknown-unknown -- -D warnings
 
 step "the relay binary (node/tests/relay.rs runs it next to the node's)"
 cargo build --locked -p todo-relay

@@ -10,12 +10,13 @@ use changeset::{DbVersion, SiteId};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, Transport, identify, noise, ping, relay, rendezvous,
     websocket_websys, yamux,
@@ -28,6 +29,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 use web_time::Instant;
 
+use crate::webrtc::{self, Path};
 use crate::{KnownPeers, circuit_to, peer_of};
 
 /// How often each peer is asked for what it has (pushes bring new work sooner).
@@ -54,11 +56,11 @@ extern "C" {
     fn console_warn(s: &str);
 }
 
-fn info(s: &str) {
+pub(crate) fn info(s: &str) {
     console_info(&format!("p2p: {s}"));
 }
 
-fn warn(s: &str) {
+pub(crate) fn warn(s: &str) {
     console_warn(&format!("p2p: {s}"));
 }
 
@@ -70,6 +72,9 @@ struct Behaviour {
     rendezvous: rendezvous::client::Behaviour,
     sync: request_response::Behaviour<SyncCodec>,
     push: request_response::Behaviour<PushCodec>,
+    /// Opens and accepts the WebRTC signalling streams (for [`webrtc::Transport`]).
+    stream: libp2p_stream::Behaviour,
+    webrtc: webrtc::Upgrader,
 }
 
 /// The page's replica, as async functions over bytes.
@@ -207,6 +212,12 @@ struct PeerStatus {
     /// A node's NODE_NAME (browsers have none).
     node: Option<String>,
     last_sync_ms_ago: Option<u64>,
+    /// How the peer is reached: `webrtc` (direct), `relayed` (a relay's circuit) or `direct` (a
+    /// node's WebSocket listener); the best path when there are several.
+    connection: Option<Path>,
+    /// The last word on upgrading to WebRTC: `upgrading`, `upgraded in N ms`, or why it failed
+    /// (the peer then stays relayed).
+    webrtc: Option<String>,
 }
 
 /// The browser's libp2p peer (see the crate's docs). Lives until `stop()` or the page goes.
@@ -258,7 +269,8 @@ impl P2p {
     /// Starts the peer. `options`: `key` (from `newKey`), `deployment` (MDNS_SERVICE_NAME),
     /// `siteId` (the replica's, hex), `relays` (multiaddrs ending in `/p2p/<relay id>`),
     /// `direct` (nodes' WebSocket multiaddrs, dialled without a relay), `knownPeers` (peer
-    /// ids), and the replica's functions `serve`, `receive`, `merge`,
+    /// ids), `stunServers` (STUN URLs for WebRTC between browsers; none by default), and the
+    /// replica's functions `serve`, `receive`, `merge`,
     /// `watermark`, `remember`.
     pub fn start(options: JsValue) -> Result<P2p, JsError> {
         let key_bytes = field(&options, "key")?
@@ -299,7 +311,14 @@ impl P2p {
             watermark: function(&options, "watermark")?,
             remember: function(&options, "remember")?,
         });
-        let swarm = build_swarm(key, &deployment, site)?;
+        let webrtc_config = webrtc::Config {
+            stun_servers: strings(&options, "stunServers")?,
+        };
+        let mut swarm = build_swarm(key, &deployment, site, webrtc_config)?;
+        // Other browsers' signalling streams, on any relayed connection.
+        if let Err(e) = swarm.listen_on(Multiaddr::empty().with(Protocol::WebRTC)) {
+            warn(&format!("cannot accept WebRTC connections: {e}"));
+        }
         let (commands_tx, commands) = mpsc::unbounded();
         let (done_tx, done) = mpsc::unbounded();
         let status = Rc::new(RefCell::new(String::new()));
@@ -326,6 +345,8 @@ impl P2p {
                 })
                 .collect(),
             peers: HashMap::new(),
+            paths: HashMap::new(),
+            webrtc_notes: HashMap::new(),
             known,
             direct,
             redial_at: now,
@@ -364,7 +385,12 @@ impl P2p {
     }
 }
 
-fn build_swarm(key: Keypair, deployment: &str, site: SiteId) -> Result<Swarm<Behaviour>, JsError> {
+fn build_swarm(
+    key: Keypair,
+    deployment: &str,
+    site: SiteId,
+    webrtc_config: webrtc::Config,
+) -> Result<Swarm<Behaviour>, JsError> {
     let tag = p2p_protocol::deployment_tag(deployment);
     let agent = Agent {
         site: Some(site),
@@ -373,18 +399,15 @@ fn build_swarm(key: Keypair, deployment: &str, site: SiteId) -> Result<Swarm<Beh
     .to_agent_string(concat!("todo-browser/", env!("CARGO_PKG_VERSION")));
     let sync_protocol = p2p_protocol::sync_protocol(deployment);
     let push_protocol = p2p_protocol::push_protocol(deployment);
+    let (relay_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+    let stream = libp2p_stream::Behaviour::new();
+    let upgrader = webrtc::Upgrader::new(key.public().to_peer_id());
+    let webrtc_transport = webrtc::Transport::new(stream.new_control(), webrtc_config, &upgrader);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
-        .with_other_transport(|key| {
-            Ok(websocket_websys::Transport::default()
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default()))
-        })
-        .map_err(|e| JsError::new(&format!("WebSocket transport: {e}")))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| JsError::new(&format!("relay client transport: {e}")))?
-        .with_behaviour(|key, relay_client| Behaviour {
+        .with_other_transport(|key| transport(key, relay_transport, webrtc_transport))
+        .map_err(|e| JsError::new(&format!("transports: {e}")))?
+        .with_behaviour(|key| Behaviour {
             relay_client,
             identify: identify::Behaviour::new(
                 identify::Config::new(tag, key.public()).with_agent_version(agent),
@@ -401,12 +424,47 @@ fn build_swarm(key: Keypair, deployment: &str, site: SiteId) -> Result<Swarm<Beh
                 [(push_protocol, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             ),
+            stream,
+            webrtc: upgrader,
         })
         .map_err(|e| JsError::new(&format!("behaviour: {e}")))?
         // Connections to peers stay while the page is open, idle or not.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build();
     Ok(swarm)
+}
+
+/// WebRTC, then the relay client, then WebSocket. WebRTC comes first: the relay client would
+/// take `<relay>/p2p-circuit/webrtc/p2p/<id>` for a circuit to a peer and silently give a
+/// relayed connection.
+pub(crate) fn transport(
+    key: &Keypair,
+    relay_transport: relay::client::Transport,
+    webrtc_transport: webrtc::Transport,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let webrtc = webrtc_transport.map(|(peer, c), _| (peer, StreamMuxerBox::new(c)));
+    let relayed = relay_transport
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    let websocket = websocket_websys::Transport::default()
+        .upgrade(Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, m), _| (peer, StreamMuxerBox::new(m)));
+    Ok(webrtc
+        .or_transport(relayed)
+        .or_transport(websocket)
+        .map(|output, _| match output {
+            futures::future::Either::Left(futures::future::Either::Left(o))
+            | futures::future::Either::Left(futures::future::Either::Right(o))
+            | futures::future::Either::Right(o) => o,
+        })
+        .boxed())
 }
 
 struct Peer {
@@ -417,6 +475,10 @@ struct Peer {
     namespace: rendezvous::Namespace,
     relays: HashMap<PeerId, RelayState>,
     peers: HashMap<PeerId, Role>,
+    /// Every connection to a peer, and how it reaches it.
+    paths: HashMap<ConnectionId, (PeerId, Path)>,
+    /// The last word on each peer's WebRTC upgrade (for status).
+    webrtc_notes: HashMap<PeerId, String>,
     known: KnownPeers,
     /// Nodes' own WebSocket addresses: dialled directly while not connected.
     direct: Vec<Multiaddr>,
@@ -491,6 +553,8 @@ impl Peer {
                         last_sync_ms_ago: p
                             .last_round
                             .map(|t| now.duration_since(t).as_millis() as u64),
+                        connection: self.path_to(id),
+                        webrtc: self.webrtc_notes.get(id).cloned(),
                     }),
                     Role::Unidentified => None,
                 })
@@ -500,6 +564,21 @@ impl Peer {
         if let Ok(json) = serde_json::to_string(&status) {
             *self.status.borrow_mut() = json;
         }
+    }
+
+    /// The best way this browser reaches `peer` now: WebRTC, then a node's own listener, then
+    /// a relay.
+    fn path_to(&self, peer: &PeerId) -> Option<Path> {
+        let paths = self
+            .paths
+            .values()
+            .filter(|(p, _)| p == peer)
+            .map(|(_, path)| *path);
+        paths.max_by_key(|path| match path {
+            Path::Webrtc => 2,
+            Path::Direct => 1,
+            Path::Relayed => 0,
+        })
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -651,8 +730,13 @@ impl Peer {
                 }
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                self.paths
+                    .insert(connection_id, (peer_id, Path::of_endpoint(&endpoint)));
                 if self.relays.contains_key(&peer_id) {
                     info(&format!(
                         "connected to relay {peer_id} at {}",
@@ -666,11 +750,19 @@ impl Peer {
                 }
             }
             SwarmEvent::ConnectionClosed {
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => {
+                self.paths.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
                 cause,
                 ..
             } => {
+                self.paths.remove(&connection_id);
                 if self.relays.contains_key(&peer_id) {
                     warn(&format!("disconnected from relay {peer_id}: {cause:?}"));
                 }
@@ -715,8 +807,33 @@ impl Peer {
             BehaviourEvent::Rendezvous(event) => self.on_rendezvous(event),
             BehaviourEvent::Sync(event) => self.on_sync_event(event),
             BehaviourEvent::Push(event) => self.on_push_event(event),
+            BehaviourEvent::Webrtc(event) => self.on_webrtc_event(event),
             _ => {}
         }
+    }
+
+    fn on_webrtc_event(&mut self, event: webrtc::Event) {
+        let (peer, note) = match event {
+            webrtc::Event::Upgrading { peer } => {
+                info(&format!("upgrading {peer} to WebRTC"));
+                (peer, "upgrading".to_owned())
+            }
+            webrtc::Event::Upgraded { peer, after } => {
+                let note = match after {
+                    Some(after) => format!("upgraded in {} ms", after.as_millis()),
+                    None => "upgraded".to_owned(),
+                };
+                info(&format!("{peer} reached over WebRTC ({note})"));
+                (peer, note)
+            }
+            webrtc::Event::Failed { peer, error } => {
+                warn(&format!(
+                    "WebRTC to {peer} failed, staying on the relayed connection: {error}"
+                ));
+                (peer, format!("failed: {error}"))
+            }
+        };
+        self.webrtc_notes.insert(peer, note);
     }
 
     fn on_identified(&mut self, peer: PeerId, identified: identify::Info) {
@@ -726,6 +843,12 @@ impl Peer {
         if identified.protocol_version != self.deployment_tag {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
+        }
+        if identified.protocols.contains(&webrtc::SIGNALING_PROTOCOL) {
+            self.swarm
+                .behaviour_mut()
+                .webrtc
+                .remote_supports_webrtc(peer);
         }
         let agent = Agent::parse(&identified.agent_version);
         let Some(role) = self.peers.get_mut(&peer) else {

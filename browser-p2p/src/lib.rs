@@ -20,8 +20,13 @@ use libp2p::{Multiaddr, PeerId};
 
 #[cfg(target_arch = "wasm32")]
 mod browser;
+pub mod webrtc;
 #[cfg(target_arch = "wasm32")]
 pub use browser::P2p;
+#[cfg(all(target_arch = "wasm32", feature = "probe"))]
+mod probe;
+#[cfg(all(target_arch = "wasm32", feature = "probe"))]
+pub use probe::Probe;
 
 /// How many peers the page remembers: enough for a team, and a reload never redials hundreds.
 pub const MAX_KNOWN_PEERS: usize = 32;

@@ -679,6 +679,310 @@ async fn browsers_collaborate_peer_to_peer_while_every_node_is_down() {
     relay.stop().await;
 }
 
+/// Waits until `who` reaches `other` over a direct WebRTC connection (its status says so).
+async fn wait_webrtc(browser: &Browser, who: &str, other: &str) {
+    wait_js(
+        browser,
+        &format!("{who} reaching {other} over WebRTC"),
+        &format!(
+            "todoApp.p2p().peers.some((p) => p.peer_id === '{other}' && p.connection === 'webrtc')"
+        ),
+    )
+    .await;
+}
+
+/// How many todos whose title starts with `prefix` the page's replica holds.
+async fn replica_count(browser: &Browser, prefix: &str) -> u64 {
+    let count = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             todoApp.replicaTodos().then(
+               (t) => done(t.filter((x) => x.title.startsWith(arguments[0])).length),
+               (e) => done(String(e)));",
+            json!([prefix]),
+        )
+        .await;
+    count
+        .as_u64()
+        .unwrap_or_else(|| panic!("replica todos: {count}"))
+}
+
+/// Alice adds `count` todos of about 400 characters in one transaction (more than a megabyte of
+/// changes); waits until Bob's replica holds them all. Returns the batch's size, how long
+/// Alice's page took to write it, and how long Bob's replica took after that.
+async fn bulk_sync(alice: &Browser, bob: &Browser, count: usize) -> (u64, Duration, Duration) {
+    let prefix = "bulk ";
+    let started = Instant::now();
+    let bytes = alice
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const titles = Array.from({ length: arguments[0] },
+               (_, i) => `${arguments[1]}${String(i).padStart(5, '0')} ${'x'.repeat(400)}`);
+             todoApp.addTodos(titles).then(done, (e) => done(String(e)));",
+            json!([count, prefix]),
+        )
+        .await
+        .as_u64()
+        .expect("the batch's size");
+    assert!(bytes > 1024 * 1024, "a batch of {bytes} bytes");
+    // Alice's replica wrote them (and pushed the batch) by now: what follows is the transfer
+    // and Bob's merge.
+    let written = started.elapsed();
+    let pushed = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let on_bob = replica_count(bob, prefix).await;
+        if on_bob == count as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Bob's replica holds {on_bob} of Alice's {count} todos; Bob's log: {}",
+            bob.execute("return todoApp.p2pLog.join('\\n')", json!([]))
+                .await
+        );
+        // Not too often: each look reads Bob's whole replica.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (bytes, written, pushed.elapsed())
+}
+
+/// Issue 16: two browsers, every node down, meet through the relay and upgrade to a direct
+/// WebRTC connection (the browser-to-browser `/webrtc` transport of browser-p2p); then the relay
+/// stops, and edits keep flowing both ways and a sync of more than a megabyte (thousands of
+/// todos) completes over the data channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
+    const BULK: usize = 3_000;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
+    let mut config = p2p_config(&dir.path().join("a"), "a", &[]);
+    config.relay_addrs = vec![relay.url().parse().expect("relay url")];
+    let a = TestNode::start_with(config).await;
+    let a_addr = a.addr;
+    eventually(
+        "node A knows the relay's WebSocket address",
+        WAIT,
+        || async {
+            let peers = get_json(&a, "/api/peers").await;
+            peers["relays"][0]["browser_addrs"][0]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await;
+    let (_alice_parent, alice_profile) = profile_dir();
+    let (_bob_parent, bob_profile) = profile_dir();
+    let mut browsers = Vec::new();
+    for (profile, who) in [(&alice_profile, "Alice"), (&bob_profile, "Bob")] {
+        let browser = Browser::start(BrowserOptions {
+            profile,
+            javascript: true,
+        })
+        .await;
+        browser.goto(&format!("http://{a_addr}/")).await;
+        wait_js(
+            &browser,
+            &format!("{who}'s page in server mode, with the relays learned"),
+            "window.todoApp?.ready && todoApp.mode === 'server' \
+             && navigator.serviceWorker.controller \
+             && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
+        )
+        .await;
+        browsers.push(browser);
+    }
+    let (alice, bob) = (&browsers[0], &browsers[1]);
+
+    a.stop().await;
+    let alice_id = peer_id(alice, "Alice").await;
+    let bob_id = peer_id(bob, "Bob").await;
+    wait_connected(alice, "Alice", &bob_id).await;
+    wait_connected(bob, "Bob", &alice_id).await;
+    let relayed = Instant::now();
+    wait_webrtc(alice, "Alice", &bob_id).await;
+    wait_webrtc(bob, "Bob", &alice_id).await;
+    let to_direct = relayed.elapsed();
+    let mut notes = Vec::new();
+    for (browser, other) in [(alice, &bob_id), (bob, &alice_id)] {
+        let status = p2p_status(browser).await;
+        let peer = status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["peer_id"] == other.as_str()))
+            .map(|p| p["webrtc"].to_string());
+        notes.push(peer.unwrap_or_default());
+    }
+
+    // The relay goes: only the direct connection is left.
+    relay.stop().await;
+    add_via_form(alice, "Direct from Alice").await;
+    let sent = Instant::now();
+    wait_text(bob, "Bob", &["Direct from Alice"]).await;
+    let alice_to_bob = sent.elapsed();
+    add_via_form(bob, "Direct from Bob").await;
+    wait_text(alice, "Alice", &["Direct from Alice", "Direct from Bob"]).await;
+
+    // Thousands of todos in one transaction, more than a megabyte of changes.
+    let (bytes, written, bulk) = bulk_sync(alice, bob, BULK).await;
+    wait_webrtc(bob, "Bob after the bulk sync", &alice_id).await;
+
+    eprintln!(
+        "figures: relayed -> WebRTC on both sides {} ms (upgrade as each page saw it: {}); \
+         a todo Alice -> Bob over WebRTC {} ms; {BULK} todos ({bytes} bytes of changes) written \
+         on Alice's page in {} ms, then in Bob's replica {} ms later = {:.2} MiB/s",
+        to_direct.as_millis(),
+        notes.join(", "),
+        alice_to_bob.as_millis(),
+        written.as_millis(),
+        bulk.as_millis(),
+        bytes as f64 / 1024.0 / 1024.0 / bulk.as_secs_f64(),
+    );
+    for browser in browsers {
+        browser.quit().await;
+    }
+}
+
+/// When ICE finds no path, the upgrade fails, the page says so, and both stay on the relayed
+/// connection and keep syncing. Bob's page gathers no ICE candidates, as behind a NAT that STUN
+/// cannot cross with no TURN server: its `RTCPeerConnection`s are created with
+/// `iceTransportPolicy: "relay"` (TURN only) and no TURN server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_stay_relayed_and_say_so_when_webrtc_cannot_connect() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
+    let mut config = p2p_config(&dir.path().join("a"), "a", &[]);
+    config.relay_addrs = vec![relay.url().parse().expect("relay url")];
+    let a = TestNode::start_with(config).await;
+    let a_addr = a.addr;
+    eventually(
+        "node A knows the relay's WebSocket address",
+        WAIT,
+        || async {
+            let peers = get_json(&a, "/api/peers").await;
+            peers["relays"][0]["browser_addrs"][0]
+                .is_string()
+                .then_some(())
+        },
+    )
+    .await;
+    let (_alice_parent, alice_profile) = profile_dir();
+    let (_bob_parent, bob_profile) = profile_dir();
+    let mut browsers = Vec::new();
+    for (profile, who) in [(&alice_profile, "Alice"), (&bob_profile, "Bob")] {
+        let browser = Browser::start(BrowserOptions {
+            profile,
+            javascript: true,
+        })
+        .await;
+        browser.goto(&format!("http://{a_addr}/")).await;
+        wait_js(
+            &browser,
+            &format!("{who}'s page in server mode, with the relays learned"),
+            "window.todoApp?.ready && todoApp.mode === 'server' \
+             && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
+        )
+        .await;
+        browsers.push(browser);
+    }
+    let (alice, bob) = (&browsers[0], &browsers[1]);
+    // Before the page starts its peer (it does when the node goes, without a reload).
+    bob.execute(
+        "const Native = window.RTCPeerConnection;
+         window.RTCPeerConnection = function (config) {
+           return new Native({ ...(config || {}), iceTransportPolicy: 'relay' });
+         };
+         window.RTCPeerConnection.prototype = Native.prototype;",
+        json!([]),
+    )
+    .await;
+    a.stop().await;
+    let alice_id = peer_id(alice, "Alice").await;
+    let bob_id = peer_id(bob, "Bob").await;
+    wait_connected(alice, "Alice", &bob_id).await;
+    wait_connected(bob, "Bob", &alice_id).await;
+    // Whichever dialled the relayed connection tried the upgrade; it says it failed.
+    let failed = |other: &str| {
+        format!(
+            "todoApp.p2p().peers.some((p) => p.peer_id === '{other}' \
+             && String(p.webrtc).startsWith('failed') && p.connection === 'relayed')"
+        )
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut said = None;
+    while said.is_none() && Instant::now() < deadline {
+        for (browser, who, other) in [(alice, "Alice", &bob_id), (bob, "Bob", &alice_id)] {
+            let script = format!(
+                "try {{ return !!({}); }} catch (e) {{ return false; }}",
+                failed(other)
+            );
+            if browser.execute(&script, json!([])).await.as_bool() == Some(true) {
+                said = Some((browser, who, other));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some((browser, who, other)) = said else {
+        let mut why = String::new();
+        for browser in [alice, bob] {
+            why += &format!(
+                "{}\n{}\n",
+                p2p_status(browser).await,
+                browser
+                    .execute("return todoApp.p2pLog.join('\\n')", json!([]))
+                    .await
+            );
+        }
+        panic!("no page says the WebRTC upgrade failed:\n{why}");
+    };
+    let log = browser
+        .execute("return todoApp.p2pLog.join('\\n')", json!([]))
+        .await;
+    assert!(
+        log.as_str()
+            .is_some_and(|l| l.contains("staying on the relayed connection")),
+        "{who}'s log says it stays relayed: {log}"
+    );
+    let note = p2p_status(browser).await["peers"]
+        .as_array()
+        .and_then(|peers| {
+            peers
+                .iter()
+                .find(|p| p["peer_id"] == other.as_str())
+                .cloned()
+        });
+    let said_why = note
+        .as_ref()
+        .and_then(|n| n["webrtc"].as_str())
+        .is_some_and(|w| w.contains("ICE"));
+    assert!(said_why, "the status says ICE failed: {note:?}");
+    // Still syncing, through the relay.
+    add_via_form(alice, "Relayed from Alice").await;
+    wait_text(bob, "Bob", &["Relayed from Alice"]).await;
+    add_via_form(bob, "Relayed from Bob").await;
+    wait_text(alice, "Alice", &["Relayed from Bob"]).await;
+    for (browser, other) in [(alice, &bob_id), (bob, &alice_id)] {
+        let status = p2p_status(browser).await;
+        let path = status["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|p| p["peer_id"] == other.as_str()))
+            .map(|p| p["connection"].clone());
+        assert_eq!(path, Some(json!("relayed")), "{status}");
+    }
+    // The same bulk as over WebRTC, through the relay, for comparison.
+    let (bytes, written, bulk) = bulk_sync(alice, bob, 3_000).await;
+    eprintln!("{who}'s status for the peer after the failed upgrade: {note:?}");
+    eprintln!(
+        "figures: relayed: 3000 todos ({bytes} bytes of changes) written on Alice's page in {} \
+         ms, then in Bob's replica {} ms later = {:.2} MiB/s",
+        written.as_millis(),
+        bulk.as_millis(),
+        bytes as f64 / 1024.0 / 1024.0 / bulk.as_secs_f64(),
+    );
+    for browser in browsers {
+        browser.quit().await;
+    }
+    relay.stop().await;
+}
+
 /// The seed's scenario 1 over libp2p: node A is down, node B is up, and this browser cannot
 /// reach B over HTTP (B's PUBLIC_URL is not reachable from it). The page of A works offline and
 /// syncs with node B over libp2p (B's WebSocket listener, or its circuit on the relay); a

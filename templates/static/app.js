@@ -29,6 +29,8 @@ const P2P_CONFIG_KEY = "todo-p2p-config";
 // This browser's libp2p identity (protobuf, base64), and the peers it met (peer ids).
 const P2P_KEY_KEY = "todo-p2p-key";
 const P2P_PEERS_KEY = "todo-p2p-peers";
+// STUN server URLs for direct WebRTC between browsers (JSON array); none by default.
+const P2P_STUN_KEY = "todo-p2p-stun";
 // Only one tab of an origin runs the libp2p peer (they share the identity and the replica).
 const P2P_LOCK = "todo-p2p";
 // How often a page in server mode syncs with its node. Also how long, at worst, a change made
@@ -296,6 +298,9 @@ async function startP2p() {
       merge: (batch) => mergeFromPeer((p) => p.mergePushed(batch)),
       watermark: (site) => withPeer((p) => p.watermark(site)),
       remember: (peers) => localStorage.setItem(P2P_PEERS_KEY, JSON.stringify(peers)),
+      // STUN servers for WebRTC between browsers (none: host candidates only, which is enough
+      // on one machine or LAN). E.g. ["stun:stun.l.google.com:19302"].
+      stunServers: JSON.parse(localStorage.getItem(P2P_STUN_KEY) || "[]"),
     });
     await new Promise(() => {}); // keep the lock while the page lives
   });
@@ -355,6 +360,25 @@ function show(html, { keepTyping = false } = {}) {
   if (focused) typing.focus();
   else if (!keepTyping) document.querySelector("[autofocus]")?.focus();
 }
+
+// Adds many todos in one local transaction (offline mode), pushed to peers like any other: how
+// the browser tests and figures make a sync of a megabyte or more. Returns the batch's size.
+status.addTodos = async (titles) => {
+  const batch = await withPeer(
+    (p) => {
+      const before = p.dbVersion;
+      for (const title of titles) {
+        const body = new URLSearchParams({ title, id: uuidv7() }).toString();
+        p.submit("/todos", body, Date.now(), uuidv7(), nodeName());
+      }
+      return p.changesSince(before);
+    },
+    { save: true },
+  );
+  if (p2p && batch.length > 0) p2p.announce(batch);
+  scheduleRender();
+  return batch.length;
+};
 
 async function applyLocally(action, fields, { replace = false } = {}) {
   const { json, batch } = await withPeer(

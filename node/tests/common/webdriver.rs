@@ -147,6 +147,13 @@ impl Browser {
             "--disable-component-update".to_owned(),
             "--disable-sync".to_owned(),
             "--disable-dev-shm-usage".to_owned(),
+            // WebRTC between browsers on loopback: Chromium gathers no loopback candidates
+            // without the first flag, and hides host addresses behind mDNS names unless the
+            // page may use media devices (the fake ones grant that without a prompt).
+            "--allow-loopback-in-peer-connection".to_owned(),
+            "--use-fake-ui-for-media-stream".to_owned(),
+            "--use-fake-device-for-media-stream".to_owned(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".to_owned(),
             format!("--user-data-dir={}", options.profile.display()),
         ];
         let mut capabilities = serde_json::Map::new();
