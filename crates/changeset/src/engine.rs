@@ -73,7 +73,7 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
-    fn column(&self, name: &str) -> Result<(usize, &Column), EngineError> {
+    pub(crate) fn column(&self, name: &str) -> Result<(usize, &Column), EngineError> {
         self.columns
             .iter()
             .enumerate()
@@ -713,6 +713,41 @@ impl Replica {
                 &b.cid,
             ))
         });
+        out
+    }
+
+    /// The `crsql_changes` rows of one row of `table` (by packed pk), in column order.
+    pub fn row_changes(&self, table: &str, pk: &[u8]) -> Vec<Change> {
+        let Some((schema, row)) = self
+            .schema
+            .iter()
+            .find(|t| t.name == table)
+            .zip(self.tables.get(table).and_then(|t| t.rows.get(pk)))
+        else {
+            return Vec::new();
+        };
+        let cl = row.sentinel.map_or(1, |s| s.col_version);
+        let change = |cid: &str, clock: &Clock, val: Value| Change {
+            table: schema.name.clone(),
+            pk: pk.to_vec(),
+            cid: cid.to_owned(),
+            val,
+            col_version: clock.col_version,
+            db_version: DbVersion(clock.db_version),
+            site_id: clock.site,
+            cl,
+            seq: clock.seq,
+        };
+        let mut out = Vec::new();
+        if let Some(s) = &row.sentinel {
+            out.push(change(SENTINEL_CID, s, Value::Null));
+        }
+        for (i, col) in schema.columns.iter().enumerate() {
+            if let Some(clock) = row.clocks.get(&col.name) {
+                let val = row.values.as_ref().map_or(Value::Null, |v| v[i].clone());
+                out.push(change(&col.name, clock, val));
+            }
+        }
         out
     }
 
