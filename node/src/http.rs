@@ -23,7 +23,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use assets::build_version;
+pub use assets::{build_version, export_assets};
 pub use error::AppError;
 
 use crate::db::Store;
@@ -44,6 +44,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub templates: Arc<Templates>,
     pub node_name: Arc<str>,
+    /// MDNS_SERVICE_NAME, reported by /health.
+    pub deployment: Arc<str>,
+    /// EDGE_URLS, listed by /api/peers.
+    pub edge_urls: Arc<[String]>,
     pub net: crate::net::NetHandle,
 }
 
