@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::webdriver::{Browser, BrowserOptions, profile_dir};
 use common::{TestNode, client, eventually, p2p_addr, p2p_config};
+use serde_json::json;
 use test_kit::{Process, restartable_port};
 
 /// How long sync may take in these tests: the edge syncs every second here, and a node that
@@ -68,13 +70,17 @@ struct Edge {
 
 impl Edge {
     fn start(state: &Path, nodes: &[&TestNode]) -> Self {
+        Self::start_on(restartable_port(), state, nodes)
+    }
+
+    fn start_on(port: u16, state: &Path, nodes: &[&TestNode]) -> Self {
         let nodes = nodes
             .iter()
             .map(|n| format!("http://{}", n.addr))
             .collect::<Vec<_>>()
             .join(",");
         let mut edge = Self {
-            port: restartable_port(),
+            port,
             inspector: restartable_port(),
             state: state.to_owned(),
             nodes,
@@ -404,4 +410,95 @@ async fn bad_input_gets_the_same_answers_as_on_a_node() {
     );
     drop(edge);
     node.stop().await;
+}
+
+/// Polls a JavaScript expression in the page until it is truthy.
+async fn wait_js(browser: &Browser, what: &str, expression: &str) {
+    let script = format!("try {{ return !!({expression}); }} catch (e) {{ return false; }}");
+    let check = || async {
+        (browser.execute(&script, json!([])).await.as_bool() == Some(true)).then_some(())
+    };
+    eventually(what, SYNC, check).await;
+}
+
+/// A page whose node goes down fails over to the edge (the node lists it in EDGE_URLS): the
+/// work typed offline is pushed to the edge, the page moves there in server mode, and the
+/// edge hands the work to the node when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_node_is_down_fails_over_to_the_edge() {
+    if !edge_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node_port, edge_port) = (restartable_port(), restartable_port());
+    let edge_origin = format!("http://127.0.0.1:{edge_port}");
+    let config = || {
+        let mut c = p2p_config(&dir.path().join("a"), "node-a", &[]);
+        c.edge_urls = vec![edge_origin.clone()];
+        c
+    };
+    let a = TestNode::start_at(config(), ([127, 0, 0, 1], node_port).into()).await;
+    let edge = Edge::start_on(edge_port, &dir.path().join("edge-state"), &[&a]);
+    let peers: serde_json::Value =
+        serde_json::from_str(&get(&a.url("/api/peers")).await.1).expect("peers");
+    assert_eq!(peers["edges"], json!([edge_origin]));
+
+    let (_profile_parent, profile) = profile_dir();
+    let browser = Browser::start(BrowserOptions {
+        profile: &profile,
+        javascript: true,
+    })
+    .await;
+    browser.goto(&a.url("/")).await;
+    wait_js(
+        &browser,
+        "the edge among the known nodes",
+        &format!(
+            "navigator.serviceWorker.controller && \
+             JSON.parse(localStorage.getItem('todo-known-nodes') || '[]').includes('{edge_origin}')"
+        ),
+    )
+    .await;
+
+    a.stop().await;
+    browser.refresh().await;
+    wait_js(
+        &browser,
+        "offline mode",
+        "window.todoApp?.ready && todoApp.mode === 'offline'",
+    )
+    .await;
+    browser
+        .type_into("#new-title", "Written while the node was down")
+        .await;
+    browser.click("form.new-todo button").await;
+
+    // The node stays down: the page pushes its work to the edge and moves there.
+    wait_js(
+        &browser,
+        "the page served by the edge in server mode",
+        &format!(
+            "location.origin === '{edge_origin}' && window.todoApp?.mode === 'server' \
+             && document.querySelector('.banner-server')"
+        ),
+    )
+    .await;
+    let page = browser.source().await;
+    assert!(page.contains("Written while the node was down"), "{page}");
+    assert!(page.contains("<strong>edge-test</strong>"));
+    assert!(
+        find(&edge.url(""), "Written while the node was down")
+            .await
+            .is_some()
+    );
+
+    // The node returns: the edge gives it the page's work.
+    let a = TestNode::start_at(config(), ([127, 0, 0, 1], node_port).into()).await;
+    eventually("the failed-over work on the node", SYNC, || async {
+        find(&base(&a), "Written while the node was down").await
+    })
+    .await;
+    browser.quit().await;
+    drop(edge);
+    a.stop().await;
 }
