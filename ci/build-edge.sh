@@ -30,9 +30,10 @@ npm_install() { # dir package@version
 
 [ -x "$bindgen_bin" ] || ci/build-wasm.sh >/dev/null
 if [ ! -x "$worker_build_dir/bin/worker-build" ]; then
-  echo "installing worker-build $WORKER_BUILD_VERSION into $worker_build_dir (about 10 minutes, once)"
+  echo "installing worker-build $WORKER_BUILD_VERSION into $worker_build_dir (a few minutes, once)"
+  # --debug: it only drives other tools, and an optimised build takes several times longer.
   env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET_DIR \
-    cargo install --quiet --locked worker-build --version "$WORKER_BUILD_VERSION" --root "$worker_build_dir"
+    cargo install --quiet --locked --debug worker-build --version "$WORKER_BUILD_VERSION" --root "$worker_build_dir"
 fi
 [ -x "$esbuild_dir/node_modules/.bin/esbuild" ] || npm_install "$esbuild_dir" "esbuild@$ESBUILD_VERSION"
 [ -x "$binaryen_dir/node_modules/.bin/wasm-opt" ] || npm_install "$binaryen_dir" "binaryen@$EDGE_BINARYEN_VERSION"

@@ -502,3 +502,153 @@ async fn a_page_whose_node_is_down_fails_over_to_the_edge() {
     drop(edge);
     a.stop().await;
 }
+
+/// `n` todos as one push body (`POST /api/changes`), from a replica of its own.
+fn push_body(site: u8, from: usize, n: usize) -> String {
+    use changeset::{Replica, SiteId, TableSchema, Value, Write};
+    let mut r = Replica::new(SiteId([site; 16]), vec![TableSchema::todos()]);
+    let writes: Vec<Write> = (from..from + n)
+        .map(|i| Write::Insert {
+            table: "todos".into(),
+            pk: vec![Value::Text(format!("0192f6a0-7c1e-7aaa-8bbb-{i:012x}"))],
+            values: vec![
+                (
+                    "title".into(),
+                    Value::Text(format!("seeded todo number {i}")),
+                ),
+                (
+                    "created_at".into(),
+                    Value::Integer(i64::try_from(i).unwrap_or(0)),
+                ),
+            ],
+        })
+        .collect();
+    for chunk in writes.chunks(1000) {
+        r.write(chunk).expect("write");
+    }
+    json!({ "changes": r.changes() }).to_string()
+}
+
+async fn push_to(url: &str, body: String) {
+    let r = client()
+        .post(format!("{url}/api/changes"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+fn percentiles(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "median {:.1} ms, p90 {:.1} ms, max {:.1} ms ({} requests)",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        ms.len()
+    )
+}
+
+/// The edge's figures (printed, not asserted): `cargo test -p todo-node --test edge --
+/// --ignored --nocapture figures`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints figures; run on purpose"]
+async fn figures() {
+    if !edge_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = TestNode::start_with(p2p_config(&dir.path().join("n"), "n", &[])).await;
+    let mut edge = Edge::start(&dir.path().join("edge-state"), &[&node]);
+    let c = client();
+    let edge_url = edge.url("");
+    let timed = |url: String| {
+        let c = c.clone();
+        async move {
+            let started = Instant::now();
+            let r = c.get(&url).send().await.expect("get");
+            let len = r.bytes().await.expect("body").len();
+            (started.elapsed().as_secs_f64() * 1000.0, len)
+        }
+    };
+
+    // Node write → edge page, edge write → node.
+    let mut to_edge = Vec::new();
+    let mut to_node = Vec::new();
+    for i in 0..5 {
+        let title = format!("node write {i}");
+        post(&format!("{}/todos", base(&node)), &[("title", &title)]).await;
+        let started = Instant::now();
+        eventually("node write on the edge page", SYNC, || async {
+            get(&edge.url("/")).await.1.contains(&title).then_some(())
+        })
+        .await;
+        to_edge.push(started.elapsed().as_secs_f64() * 1000.0);
+        let title = format!("edge write {i}");
+        post(&edge.url("/todos"), &[("title", &title)]).await;
+        let started = Instant::now();
+        eventually("edge write on the node", SYNC, || async {
+            find(&base(&node), &title).await
+        })
+        .await;
+        to_node.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "node write → edge page (SYNC_INTERVAL_SECS=1): {}",
+        percentiles(to_edge)
+    );
+    println!("edge write → node: {}", percentiles(to_node));
+
+    // GET / with 1,000 todos, warm.
+    push_to(&edge_url, push_body(0xB1, 0, 990)).await;
+    for _ in 0..10 {
+        timed(edge.url("/")).await;
+    }
+    let mut get_ms = Vec::new();
+    let mut size = 0;
+    for _ in 0..100 {
+        let (ms, len) = timed(edge.url("/")).await;
+        get_ms.push(ms);
+        size = len;
+    }
+    println!(
+        "edge GET / with 1,000 todos, warm: {}; page {size} bytes",
+        percentiles(get_ms)
+    );
+
+    // A form write as the list grows.
+    for target in [1_000, 5_000, 20_000] {
+        let have = todos_at(&edge_url).await.len();
+        let mut from = have;
+        while from < target {
+            let n = (target - from).min(3_000);
+            push_to(&edge_url, push_body(0xB2, from, n)).await;
+            from += n;
+        }
+        let mut write_ms = Vec::new();
+        for i in 0..20 {
+            let started = Instant::now();
+            let r = post(&edge.url("/todos"), &[("title", &format!("w{target}-{i}"))]).await;
+            assert_eq!(r.status(), 303);
+            write_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (page_ms, _) = timed(edge.url("/")).await;
+        println!(
+            "edge form write with {target} todos: {}; GET / {page_ms:.0} ms",
+            percentiles(write_ms)
+        );
+    }
+
+    // A restart loads the whole change log once.
+    edge.restart();
+    let (first_ms, _) = timed(edge.url("/health")).await;
+    let (second_ms, _) = timed(edge.url("/health")).await;
+    println!(
+        "after a restart with 20,000 todos: first request {first_ms:.0} ms (loads the replica), next {second_ms:.0} ms"
+    );
+    drop(edge);
+    node.stop().await;
+}
