@@ -23,6 +23,9 @@ use crate::sync::{self, NodeState, Received, SyncError};
 
 /// The Durable Object binding in wrangler.toml.
 const BINDING: &str = "REPLICA";
+/// A node that has not answered a request within this long counts as unreachable (and is
+/// retried with backoff), so one silent node cannot hold a sync round.
+const FETCH_TIMEOUT_MS: u32 = 10_000;
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: worker::Context) -> Result<Response> {
@@ -518,8 +521,11 @@ async fn http(
     }
     init.with_headers(headers);
     let request = Request::new_with_init(url, &init).map_err(unreachable)?;
+    let signal = worker::AbortSignal::from(worker::web_sys::AbortSignal::timeout_with_u32(
+        FETCH_TIMEOUT_MS,
+    ));
     let mut response = worker::Fetch::Request(request)
-        .send()
+        .send_with_signal(&signal)
         .await
         .map_err(unreachable)?;
     let body = response.text().await.map_err(unreachable)?;
@@ -555,10 +561,25 @@ fn cors(response: Response) -> Result<Response> {
     Ok(response)
 }
 
+/// 16 bytes from `crypto.getRandomValues` (the runtime's CSPRNG), for site ids and todo ids.
 fn random_bytes() -> [u8; 16] {
+    use worker::wasm_bindgen::{JsCast, JsValue};
     let mut out = [0u8; 16];
-    for b in &mut out {
-        *b = (js_sys::Math::random() * 256.0) as u8;
+    let filled = (|| -> std::result::Result<(), JsValue> {
+        let crypto = js_sys::Reflect::get(&js_sys::global(), &"crypto".into())?;
+        let fill: js_sys::Function =
+            js_sys::Reflect::get(&crypto, &"getRandomValues".into())?.dyn_into()?;
+        let array = js_sys::Uint8Array::new_with_length(16);
+        fill.call1(&crypto, &array)?;
+        array.copy_to(&mut out);
+        Ok(())
+    })();
+    if filled.is_err() {
+        // No Web Crypto (never so on Workers): Math.random is still unique enough for ids.
+        console_warn!("crypto.getRandomValues is missing; ids come from Math.random");
+        for b in &mut out {
+            *b = (js_sys::Math::random() * 256.0) as u8;
+        }
     }
     out
 }
