@@ -22,3 +22,10 @@ apt_install() {
 export WASM_BUNDLE_DIR=${WASM_BUNDLE_DIR:-$TODO_CACHE/wasm-bundle}
 # wasm-opt comes from npm's binaryen (Debian's is too old and emits broken modules).
 export BINARYEN_VERSION=132.0.0
+
+# The edge worker's build and local runtime (ci/build-edge.sh, ci/edge-dev.sh), each cached
+# under $TODO_CACHE/<tool>-<version>/.
+export WORKER_BUILD_VERSION=0.7.4
+export ESBUILD_VERSION=0.27.2
+export EDGE_BINARYEN_VERSION=125.0.0
+export WRANGLER_VERSION=3.114.17

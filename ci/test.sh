@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, then format, lint, unit and
-# integration tests (browser tests in headless Chromium among them), the wasm32 build of the
-# shared crates and the browser peer, and the cr-sqlite oracle self-test.
+# integration tests (browser tests in headless Chromium among them, the edge worker under
+# wrangler dev), the wasm32 build of the shared crates, the browser peer and the edge worker,
+# and the cr-sqlite oracle self-test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source ci/env.sh
@@ -19,14 +20,18 @@ fresh_crsqlite=$(ci/check-setup.sh)
 step "the browser peer's bundle ($WASM_BUNDLE_DIR)"
 ci/build-wasm.sh
 
+step "the edge worker (ci/build-edge.sh) and wrangler for its tests (ci/edge-dev.sh --install-only)"
+ci/build-edge.sh
+ci/edge-dev.sh --install-only >/dev/null
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "the shared crates and the browser's modules build for wasm32-unknown-unknown, clippy-clean there too"
-cargo clippy --locked -p changeset -p app -p p2p-protocol -p wasm-peer -p browser-p2p \
+step "the shared crates, the browser's modules and the edge worker build for wasm32-unknown-unknown, clippy-clean there too"
+cargo clippy --locked -p changeset -p app -p p2p-protocol -p wasm-peer -p browser-p2p -p todo-edge \
   --target wasm32-unknown-unknown -- -D warnings
 cargo clippy --locked -p browser-p2p --features probe --target wasm32-unknown-unknown -- -D warnings
 
@@ -34,7 +39,7 @@ step "the relay binary (node/tests/relay.rs runs it next to the node's)"
 cargo build --locked -p todo-relay
 
 step "unit and integration tests"
-NETNS_TESTS=require cargo test --workspace --locked
+NETNS_TESTS=require EDGE_TESTS=require cargo test --workspace --locked
 
 if [ -f ../shared/tools/test_crsqlite_oracle.py ]; then
   step "the cr-sqlite oracle agrees with the extension built from scratch in this run"

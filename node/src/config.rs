@@ -79,6 +79,12 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
 
+    /// The deployment's edge workers (comma-separated origins, like
+    /// https://todo.example.workers.dev): listed in /api/peers as `edges`, so a page whose
+    /// nodes are all down can fail over to an edge.
+    #[arg(long, env = "EDGE_URLS", value_delimiter = ',', value_parser = parse_public_url)]
+    pub edge_urls: Vec<String>,
+
     /// Seconds between anti-entropy rounds with each connected node (repairs what gossip missed).
     #[arg(long, env = "SYNC_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sync_interval_secs: u64,
@@ -127,6 +133,7 @@ impl Config {
             ],
             sync_interval_secs: 10,
             public_url: None,
+            edge_urls: Vec::new(),
             gossip: true,
             max_connections: 256,
             max_connections_per_peer: 4,

@@ -8,7 +8,6 @@ mod api;
 mod assets;
 mod error;
 mod etag;
-mod form;
 mod guard;
 mod todos;
 
@@ -26,31 +25,31 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use assets::build_version;
+pub use assets::{build_version, export_assets};
 pub use error::AppError;
 
 use crate::db::Store;
 
-/// Form posts are a title and a few hidden fields: 16 KiB is far above any valid one.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Form posts are a title and a few hidden fields (`app::site::MAX_FORM_BYTES`).
+pub const MAX_BODY_BYTES: usize = app::site::MAX_FORM_BYTES;
 /// A request that takes longer than this is answered 408 and its work abandoned.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest `POST /api/changes` body: a push of up to 10,000 changes with 500-character titles.
 pub const MAX_PUSH_BYTES: usize = 8 * 1024 * 1024;
 
-/// Same-origin scripts only (plus compiling the browser peer's wasm); the page may fetch from
-/// other nodes of the deployment (failover), whose API answers with CORS headers.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self' http: https: ws: wss:; \
-     worker-src 'self'; manifest-src 'self'; object-src 'none'; base-uri 'none'; \
-     form-action 'self'; frame-ancestors 'none'";
+/// The one policy of every replica's pages (`app::site`).
+const CONTENT_SECURITY_POLICY: &str = app::site::CONTENT_SECURITY_POLICY;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
     pub templates: Arc<Templates>,
     pub node_name: Arc<str>,
+    /// MDNS_SERVICE_NAME, reported by /health.
+    pub deployment: Arc<str>,
+    /// EDGE_URLS, listed by /api/peers.
+    pub edge_urls: Arc<[String]>,
     pub net: crate::net::NetHandle,
 }
 
@@ -72,20 +71,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/",
-            get(todos::index).layer(axum::middleware::from_fn_with_state(
+            get(todos::page).layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 etag::tag_pages,
             )),
         )
-        .route("/todos", post(todos::create))
-        .route("/todos/clear-completed", post(todos::clear_completed))
-        .route("/todos/{id}/toggle", post(todos::toggle))
-        .route("/todos/{id}/title", post(todos::retitle))
-        .route("/todos/{id}/delete", post(todos::delete))
+        .route("/todos", post(todos::page))
+        .route("/todos/clear-completed", post(todos::page))
+        .route("/todos/{id}/toggle", post(todos::page))
+        .route("/todos/{id}/title", post(todos::page))
+        .route("/todos/{id}/delete", post(todos::page))
         .route("/static/{*path}", get(assets::serve))
         .route("/sw.js", get(assets::service_worker))
         .merge(api_router())
-        .fallback(todos::not_found)
+        .fallback(todos::page)
         .layer(axum::middleware::from_fn(guard::same_origin_posts))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(security_header(

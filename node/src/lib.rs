@@ -84,6 +84,8 @@ pub async fn run(
         store: store.clone(),
         templates: Arc::new(templates),
         node_name: config.node_name.as_str().into(),
+        deployment: config.mdns_service_name.as_str().into(),
+        edge_urls: config.edge_urls.clone().into(),
         net,
     };
     let served = axum::serve(listener, http::router(state))

@@ -477,6 +477,8 @@ async function learnNodes() {
   try {
     const peers = await (await fetchWithTimeout("/api/peers", {}, HEALTH_TIMEOUT_MS)).json();
     for (const peer of peers.peers || []) if (peer.public_url) rememberNode(peer.public_url);
+    // The deployment's edge workers come after its nodes: the last place to fail over to.
+    for (const edge of peers.edges || []) rememberNode(edge);
     const relays = (peers.relays || []).flatMap((r) => r.browser_addrs || []);
     if (peers.deployment && relays.length > 0) {
       const nodes = [peers.peer_id, ...(peers.peers || []).map((p) => p.peer_id)];

@@ -15,20 +15,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use app::{
-    ErrorPage, Filter, FormError, IndexPage, Templates, TitleError, Todo, parse_client_id,
-    parse_completed, return_target, validate_title,
-};
+use app::site::{self, Answer, Context};
+use app::{Templates, Todo};
 use changeset::sync::{Fetched, page as cut_page};
 use changeset::{
     Change, DbVersion, EngineError, PageLimits, Replica, SiteId, SnapshotError, SyncState,
-    TableSchema, Value, Write,
+    TableSchema,
 };
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 5] = b"TPEER";
 const VERSION_1: u8 = 1;
-const TODOS: &str = "todos";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -58,12 +55,7 @@ pub struct Rendered {
 }
 
 /// What a form post did: like the node's answer, a redirect (303) or a page (error, 422).
-#[derive(Debug, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Outcome {
-    Redirect { location: String },
-    Page { status: u16, html: String },
-}
+pub type Outcome = Answer;
 
 /// One push to a node: the body of `POST /api/changes` and where to acknowledge up to.
 #[derive(Debug)]
@@ -114,31 +106,6 @@ fn merge_whole(replica: &mut Replica, changes: &[Change]) -> Result<(), EngineEr
     }
     *replica = next;
     Ok(())
-}
-
-/// An error answered as a page, like the node's `AppError`.
-struct PageError {
-    status: u16,
-    title: &'static str,
-    message: String,
-}
-
-impl PageError {
-    fn not_found(message: &str) -> Self {
-        Self {
-            status: 404,
-            title: "Not found",
-            message: message.to_owned(),
-        }
-    }
-
-    fn bad_request(message: String) -> Self {
-        Self {
-            status: 400,
-            title: "Bad request",
-            message,
-        }
-    }
 }
 
 impl Peer {
@@ -215,28 +182,7 @@ impl Peer {
 
     /// Every todo, in the node's order (created_at, then id).
     pub fn todos(&self) -> Vec<Todo> {
-        let mut todos: Vec<Todo> = self
-            .replica
-            .rows(TODOS)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|row| match row.as_slice() {
-                [
-                    Value::Text(id),
-                    Value::Text(title),
-                    Value::Integer(completed),
-                    Value::Integer(created_at),
-                ] => Some(Todo {
-                    id: id.clone(),
-                    title: title.clone(),
-                    completed: *completed != 0,
-                    created_at: *created_at,
-                }),
-                _ => None,
-            })
-            .collect();
-        todos.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        todos
+        app::replica::list(&self.replica)
     }
 
     /// Transactions made or received here that no node has acknowledged yet.
@@ -251,23 +197,25 @@ impl Peer {
 
     /// The page at `path?query`, as the node would render it, in offline mode.
     pub fn render(&self, path: &str, query: &str, node_name: &str) -> Result<Rendered, PeerError> {
-        if path != "/" {
-            return self.error_page(PageError::not_found("There is no page at this address."));
-        }
-        let filter = form_fields(query)
-            .get("filter")
-            .map_or(Ok(Filter::All), |f| f.parse::<Filter>());
-        match filter {
-            Ok(filter) => Ok(Rendered {
-                status: 200,
-                html: self.index(filter, node_name, None)?,
-            }),
-            Err(e) => self.error_page(PageError::bad_request(e.to_string())),
+        // A GET changes nothing: the site gets a copy it may not write to.
+        let mut replica = self.replica.clone();
+        let request = site::Request {
+            method: "GET",
+            path,
+            query,
+            content_type: None,
+            body: &[],
+        };
+        let context = offline(node_name, self.pending_changes(), 0, "");
+        match answer(request, &mut replica, &self.templates, &context)? {
+            Answer::Page { status, html } => Ok(Rendered { status, html }),
+            Answer::Redirect { .. } => Err(PeerError::State("a page redirected".into())),
         }
     }
 
-    /// Applies a form post to the local replica, as the node's handler for `path` would.
-    /// `new_id` is used for a new todo whose form carried no id.
+    /// Applies a form post to the local replica, as the node's handler for `path` would
+    /// (`app::site::handle`, the node's own code path). `new_id` is used for a new todo whose
+    /// form carried no id.
     pub fn submit(
         &mut self,
         path: &str,
@@ -276,52 +224,20 @@ impl Peer {
         new_id: &str,
         node_name: &str,
     ) -> Result<Outcome, PeerError> {
-        let fields = form_fields(body);
-        let (filter, target) = return_target(fields.get("return_to").map(String::as_str));
-        let redirect = Outcome::Redirect {
-            location: target.to_owned(),
+        let request = site::Request {
+            method: "POST",
+            path,
+            query: "",
+            content_type: Some("application/x-www-form-urlencoded"),
+            body: body.as_bytes(),
         };
-        let field = |name: &str| fields.get(name).map(String::as_str).unwrap_or("");
-        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let result = match segments.as_slice() {
-            ["todos"] => {
-                let id = match fields.get("id").filter(|id| !id.is_empty()) {
-                    Some(id) => parse_client_id(id),
-                    None => parse_client_id(new_id),
-                };
-                match (id, validate_title(field("title"))) {
-                    (Err(e), _) => Err(PageError::bad_request(e)),
-                    (Ok(_), Err(e)) => {
-                        return self.invalid(filter, None, &e, field("title"), node_name);
-                    }
-                    (Ok(id), Ok(title)) => self.add(id, title, now_ms),
-                }
-            }
-            ["todos", "clear-completed"] => self.clear_completed(),
-            ["todos", id, "toggle"] => match parse_completed(field("completed")) {
-                Ok(completed) => self.update(id, "completed", Value::Integer(completed.into())),
-                Err(e) => Err(PageError::bad_request(e)),
-            },
-            ["todos", id, "title"] => match validate_title(field("title")) {
-                Ok(title) => self.update(id, "title", Value::Text(title)),
-                Err(e) if self.exists(id) => {
-                    return self.invalid(filter, Some(id), &e, field("title"), node_name);
-                }
-                Err(_) => Err(PageError::not_found("No todo has that id.")),
-            },
-            ["todos", id, "delete"] => self.delete(id),
-            _ => Err(PageError::not_found("There is no page at this address.")),
-        };
-        match result {
-            Ok(()) => Ok(redirect),
-            Err(e) => {
-                let page = self.error_page(e)?;
-                Ok(Outcome::Page {
-                    status: page.status,
-                    html: page.html,
-                })
-            }
-        }
+        let pending_changes = self.pending_changes();
+        answer(
+            request,
+            &mut self.replica,
+            &self.templates,
+            &offline(node_name, pending_changes, now_ms, new_id),
+        )
     }
 
     /// The next push: changes above `pushed_up_to`, whole transactions, at most about
@@ -459,139 +375,47 @@ impl Peer {
     pub fn db_version(&self) -> DbVersion {
         self.replica.db_version()
     }
+}
 
-    fn exists(&self, id: &str) -> bool {
-        self.todos().iter().any(|t| t.id == id)
-    }
-
-    fn add(&mut self, id: String, title: String, now_ms: i64) -> Result<(), PageError> {
-        if self.exists(&id) {
-            return Ok(()); // a replayed post: the todo is there already
-        }
-        self.write(&[Write::Insert {
-            table: TODOS.into(),
-            pk: vec![Value::Text(id)],
-            values: vec![
-                ("title".into(), Value::Text(title)),
-                ("completed".into(), Value::Integer(0)),
-                ("created_at".into(), Value::Integer(now_ms)),
-            ],
-        }])
-    }
-
-    fn update(&mut self, id: &str, column: &str, value: Value) -> Result<(), PageError> {
-        if !self.exists(id) {
-            return Err(PageError::not_found("No todo has that id."));
-        }
-        self.write(&[Write::Update {
-            table: TODOS.into(),
-            pk: vec![Value::Text(id.to_owned())],
-            values: vec![(column.to_owned(), value)],
-        }])
-    }
-
-    fn delete(&mut self, id: &str) -> Result<(), PageError> {
-        if !self.exists(id) {
-            return Err(PageError::not_found("No todo has that id."));
-        }
-        self.write(&[Write::Delete {
-            table: TODOS.into(),
-            pk: vec![Value::Text(id.to_owned())],
-        }])
-    }
-
-    fn clear_completed(&mut self) -> Result<(), PageError> {
-        let deletes: Vec<Write> = self
-            .todos()
-            .into_iter()
-            .filter(|t| t.completed)
-            .map(|t| Write::Delete {
-                table: TODOS.into(),
-                pk: vec![Value::Text(t.id)],
-            })
-            .collect();
-        // A delete is one change: transactions of at most MAX_CHANGES_PER_TRANSACTION rows,
-        // each of which replicates whole (changeset::validate), as on a node.
-        for chunk in deletes.chunks(changeset::MAX_CHANGES_PER_TRANSACTION) {
-            self.write(chunk)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, writes: &[Write]) -> Result<(), PageError> {
-        // Never write a change that nodes would refuse (changeset::validate).
-        let in_range = |made: &[Change]| Ok(changeset::local_write_in_bounds(made)?);
-        match self.replica.write_checked(writes, in_range) {
-            Ok(_) => Ok(()),
-            Err(EngineError::Refused(reason)) => Err(PageError {
-                status: 409,
-                title: "Cannot change this todo",
-                message: format!("Nothing was changed: {reason}."),
-            }),
-            Err(e) => Err(PageError {
-                status: 500,
-                title: "Error",
-                message: format!("The change could not be saved in this browser: {e}"),
-            }),
-        }
-    }
-
-    fn index(
-        &self,
-        filter: Filter,
-        node_name: &str,
-        form_error: Option<FormError>,
-    ) -> Result<String, PeerError> {
-        let mut page = IndexPage::new(&self.todos(), filter, node_name);
-        page.mode = "offline";
-        page.pending_changes = self.pending_changes();
-        if let Some(error) = form_error {
-            page = page.with_form_error(error);
-        }
-        Ok(self.templates.render("index.html", &page)?)
-    }
-
-    fn invalid(
-        &self,
-        filter: Filter,
-        todo_id: Option<&str>,
-        error: &TitleError,
-        draft: &str,
-        node_name: &str,
-    ) -> Result<Outcome, PeerError> {
-        let error = FormError {
-            message: error.to_string(),
-            todo_id: todo_id.map(str::to_owned),
-            draft: draft.to_owned(),
-        };
-        Ok(Outcome::Page {
-            status: 422,
-            html: self.index(filter, node_name, Some(error))?,
-        })
-    }
-
-    fn error_page(&self, error: PageError) -> Result<Rendered, PeerError> {
-        let page = ErrorPage {
-            status: error.status,
-            title: error.title.to_owned(),
-            message: error.message,
-        };
-        Ok(Rendered {
-            status: error.status,
-            html: self.templates.render("error.html", &page)?,
-        })
+fn offline<'a>(
+    node_name: &'a str,
+    pending_changes: usize,
+    now_ms: i64,
+    new_id: &'a str,
+) -> Context<'a> {
+    Context {
+        node_name,
+        mode: "offline",
+        pending_changes,
+        now_ms,
+        new_id,
     }
 }
 
-fn form_fields(encoded: &str) -> BTreeMap<String, String> {
-    form_urlencoded::parse(encoded.trim_start_matches('?').as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
+fn answer(
+    request: site::Request<'_>,
+    replica: &mut Replica,
+    templates: &Templates,
+    context: &Context<'_>,
+) -> Result<Answer, PeerError> {
+    match site::handle(request, replica, templates, context) {
+        Ok(answer) => Ok(answer),
+        Err(site::SiteError::Render(e)) => Err(PeerError::Render(e)),
+        Err(site::SiteError::Store(e)) => site::error_page(
+            templates,
+            500,
+            "Error",
+            format!("The change could not be saved in this browser: {e}"),
+        )
+        .map_err(|e| PeerError::State(e.to_string())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use app::replica::TODOS;
+    use changeset::{Value, Write};
 
     const ID_A: &str = "0192f6a0-7c1e-7aaa-8bbb-00000000000a";
     const ID_B: &str = "0192f6a0-7c1e-7aaa-8bbb-00000000000b";

@@ -73,7 +73,7 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
-    fn column(&self, name: &str) -> Result<(usize, &Column), EngineError> {
+    pub(crate) fn column(&self, name: &str) -> Result<(usize, &Column), EngineError> {
         self.columns
             .iter()
             .enumerate()
@@ -211,6 +211,18 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The table and primary key the write names.
+    fn target(&self) -> (&str, &[Value]) {
+        match self {
+            Write::Insert { table, pk, .. }
+            | Write::Upsert { table, pk, .. }
+            | Write::Update { table, pk, .. }
+            | Write::Delete { table, pk } => (table, pk),
+        }
+    }
+}
+
 /// Pending state of one transaction: cr-sqlite's `next_db_version` and `seq` (spec §3, §6).
 struct Tx {
     committed: u64,
@@ -314,13 +326,35 @@ impl Replica {
             next.apply_write(w, &mut tx)?;
         }
         next.cached_db_version = tx.pending;
+        // Only the rows the writes name can hold this transaction's changes: list those, not
+        // the whole replica, so a write costs O(its rows) here.
+        let keys: Vec<(&str, Vec<u8>)> = writes
+            .iter()
+            .filter_map(|w| {
+                let (table, pk) = w.target();
+                next.packed_pk(table, pk)
+                    .ok()
+                    .map(|(_, _, key)| (table, key))
+            })
+            .collect();
         let made: Vec<Change> = tx
             .pending
             .map(|v| {
-                next.changes()
+                let mut made: Vec<Change> = next
+                    .rows_of(keys.iter().map(|(t, k)| (*t, k.as_slice())))
                     .into_iter()
                     .filter(|c| c.db_version.0 == v && c.site_id == next.site_id)
-                    .collect()
+                    .collect();
+                made.sort_by(|a, b| {
+                    (a.db_version, a.seq, &a.table, &a.pk, &a.cid).cmp(&(
+                        b.db_version,
+                        b.seq,
+                        &b.table,
+                        &b.pk,
+                        &b.cid,
+                    ))
+                });
+                made
             })
             .unwrap_or_default();
         check(&made)?;
@@ -713,6 +747,41 @@ impl Replica {
                 &b.cid,
             ))
         });
+        out
+    }
+
+    /// The `crsql_changes` rows of one row of `table` (by packed pk), in column order.
+    pub fn row_changes(&self, table: &str, pk: &[u8]) -> Vec<Change> {
+        let Some((schema, row)) = self
+            .schema
+            .iter()
+            .find(|t| t.name == table)
+            .zip(self.tables.get(table).and_then(|t| t.rows.get(pk)))
+        else {
+            return Vec::new();
+        };
+        let cl = row.sentinel.map_or(1, |s| s.col_version);
+        let change = |cid: &str, clock: &Clock, val: Value| Change {
+            table: schema.name.clone(),
+            pk: pk.to_vec(),
+            cid: cid.to_owned(),
+            val,
+            col_version: clock.col_version,
+            db_version: DbVersion(clock.db_version),
+            site_id: clock.site,
+            cl,
+            seq: clock.seq,
+        };
+        let mut out = Vec::new();
+        if let Some(s) = &row.sentinel {
+            out.push(change(SENTINEL_CID, s, Value::Null));
+        }
+        for (i, col) in schema.columns.iter().enumerate() {
+            if let Some(clock) = row.clocks.get(&col.name) {
+                let val = row.values.as_ref().map_or(Value::Null, |v| v[i].clone());
+                out.push(change(&col.name, clock, val));
+            }
+        }
         out
     }
 

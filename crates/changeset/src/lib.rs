@@ -7,6 +7,7 @@
 //! - [`affinity`]: SQLite column affinity, applied before values are stored or compared;
 //! - [`engine`]: an in-memory replica that writes and merges exactly as cr-sqlite does;
 //! - [`snapshot`]: a replica's whole state as bytes (what the browser keeps in OPFS);
+//! - [`stored`]: a replica rebuilt from its `crsql_changes` rows, and the rows one write touched;
 //! - [`sync`]: sans-IO pull sync: watermarks per source site, pages cut on whole db_versions;
 //! - [`validate`]: what a replica accepts from outside: the schema and the counter rules.
 //!
@@ -19,6 +20,7 @@ pub mod change;
 pub mod engine;
 pub mod pk;
 pub mod snapshot;
+pub mod stored;
 pub mod sync;
 pub mod validate;
 pub mod value;

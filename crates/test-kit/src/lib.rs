@@ -79,6 +79,9 @@ pub fn restartable_port() -> u16 {
 pub struct Process {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Started in a process group of its own, which is killed whole (a launcher such as
+    /// `wrangler dev` runs the server it starts as its own child).
+    group: bool,
 }
 
 impl Process {
@@ -105,7 +108,42 @@ impl Process {
                 }
             });
         }
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            group: false,
+        }
+    }
+
+    /// Like [`Process::spawn`], in a new process group, all of which is killed on drop.
+    pub fn spawn_group(command: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut process = Self::spawn(command.process_group(0));
+        process.group = true;
+        process
+    }
+
+    /// Waits for a line containing `marker` and returns it.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "no line with {marker:?} within {timeout:?} (exited: {:?}); output:\n{}",
+                    self.child.try_wait().ok().flatten(),
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The lines written since the last read (for a failure message).
+    pub fn output(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
     }
 
     /// Waits for a line containing `marker` and returns the value of `key=` in it: how a
@@ -132,8 +170,14 @@ impl Process {
         self.child.id()
     }
 
-    /// SIGKILL, then reap.
+    /// SIGKILL (to its whole group, if it has one), then reap.
     pub fn kill(&mut self) {
+        if self.group
+            && let Ok(pid) = libc::pid_t::try_from(self.child.id())
+        {
+            // SAFETY: signalling the process group we created for our own child.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -16,6 +16,8 @@ use super::{AppError, AppState};
 pub struct Health {
     status: &'static str,
     node_name: String,
+    /// MDNS_SERVICE_NAME: the deployment this node belongs to.
+    deployment: String,
     site_id: String,
     db_version: i64,
     todos: i64,
@@ -43,6 +45,7 @@ pub async fn health(State(state): State<AppState>) -> Result<Json<Health>, JsonE
         relays: net.relays.len(),
         status: "ok",
         node_name: state.node_name.to_string(),
+        deployment: state.deployment.to_string(),
         site_id: info.site_id,
         db_version: info.db_version,
         todos: info.todos,
@@ -55,8 +58,20 @@ pub async fn todos(State(state): State<AppState>) -> Result<Json<Vec<Todo>>, Jso
     Ok(Json(state.with_store(|s| s.list()).await?))
 }
 
-pub async fn peers(State(state): State<AppState>) -> Result<Json<NetStatus>, JsonError> {
-    Ok(Json(state.net.status().await?))
+/// `/api/peers`: the network's status, and the deployment's edge workers (EDGE_URLS), which
+/// a page may fail over to like to another node.
+#[derive(Debug, Serialize)]
+pub struct Peers {
+    #[serde(flatten)]
+    net: NetStatus,
+    edges: Vec<String>,
+}
+
+pub async fn peers(State(state): State<AppState>) -> Result<Json<Peers>, JsonError> {
+    Ok(Json(Peers {
+        net: state.net.status().await?,
+        edges: state.edge_urls.to_vec(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

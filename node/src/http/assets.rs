@@ -60,6 +60,33 @@ pub fn build_version() -> &'static str {
     })
 }
 
+/// Writes every asset this node serves into `dir` as the node serves it: `dir/static/…` (the
+/// PWA's files, the icons, `wasm/` the browser peer) and `dir/sw.js` (named after this build).
+/// Returns how many files. The edge worker serves that folder, so a page from the edge is
+/// the same app, with the same service worker cache, as a page from a node.
+pub fn export_assets(dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut files: Vec<(String, Cow<'static, [u8]>)> = Vec::new();
+    files.extend(Assets::iter().filter_map(|p| Assets::get(&p).map(|f| (p.into_owned(), f.data))));
+    files.extend(
+        WasmBundle::iter()
+            .filter_map(|p| WasmBundle::get(&p).map(|f| (format!("wasm/{p}"), f.data))),
+    );
+    // After the source icons: the rendered PNGs win, as in `serve`.
+    files.extend(
+        Icons::iter().filter_map(|p| Icons::get(&p).map(|f| (format!("icons/{p}"), f.data))),
+    );
+    for (path, data) in &files {
+        let target = dir.join("static").join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(target, data)?;
+    }
+    let worker = SERVICE_WORKER.replace("__BUILD_VERSION__", build_version());
+    std::fs::write(dir.join("sw.js"), worker)?;
+    Ok(files.len() + 1)
+}
+
 pub async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, AppError> {
     let file = if let Some(bundle_path) = path.strip_prefix("wasm/") {
         WasmBundle::get(bundle_path)

@@ -1,169 +1,138 @@
-//! The todo list page and its form actions. Each action answers 303 to the page it came from
-//! (its `return_to` field), so the browser shows the updated list after any post, with or
-//! without JavaScript. A title that fails validation gets the page again, 422, with the message
-//! and what was typed.
+//! The todo list page and its form actions, answered by `app::site::handle` — the one code path
+//! the browser peer and the edge worker answer them with too — over the node's cr-sqlite store.
+//! Each action answers 303 to the page it came from (its `return_to` field), so the browser
+//! shows the updated list after any post, with or without JavaScript; a title that fails
+//! validation gets the page again, 422, with the message and what was typed.
 
-use app::{
-    Filter, FormError, IndexPage, parse_client_id, parse_completed, return_target, validate_title,
-};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Redirect, Response};
-use serde::Deserialize;
+use app::Todo;
+use app::site::{self, Answer, Context, StoreError, Todos};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 
-use super::form::HtmlForm;
 use super::{AppError, AppState};
+use crate::db::{self, Store};
 
-#[derive(Debug, Deserialize)]
-pub struct IndexQuery {
-    #[serde(default)]
-    filter: Option<String>,
-}
-
-pub async fn index(
-    State(state): State<AppState>,
-    Query(query): Query<IndexQuery>,
-) -> Result<Html<String>, AppError> {
-    let filter: Filter = query
-        .filter
-        .as_deref()
-        .unwrap_or("")
-        .parse()
-        .map_err(|e: app::FilterParseError| AppError::BadRequest(e.to_string()))?;
-    let page = page(&state, filter).await?;
-    Ok(Html(state.templates.render("index.html", &page)?))
-}
-
-async fn page(state: &AppState, filter: Filter) -> Result<IndexPage, AppError> {
-    let todos = state.with_store(|s| s.list()).await?;
-    Ok(IndexPage::new(&todos, filter, &state.node_name))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct TitleForm {
-    title: String,
-    #[serde(default)]
-    return_to: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct NewTodoForm {
-    title: String,
-    /// Set by the page's script (a fresh UUID per submission): a retried or offline-replayed
-    /// post then creates the same todo once. Without it the node picks the id.
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    return_to: Option<String>,
-}
-
-pub async fn create(
-    State(state): State<AppState>,
-    HtmlForm(form): HtmlForm<NewTodoForm>,
-) -> Result<Response, AppError> {
-    let (filter, target) = return_target(form.return_to.as_deref());
-    let id = match form.id.as_deref().filter(|id| !id.is_empty()) {
-        Some(id) => Some(parse_client_id(id).map_err(AppError::BadRequest)?),
-        None => None,
-    };
-    let title = match validate_title(&form.title) {
-        Ok(title) => title,
-        Err(e) => return invalid(&state, filter, None, e, form.title).await,
-    };
-    let created_at = now_millis();
-    let todo = state
-        .with_store(move |s| s.add(&title, created_at, id))
-        .await?;
-    tracing::info!(id = %todo.id, "todo added");
-    Ok(Redirect::to(target).into_response())
-}
-
-pub async fn retitle(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    HtmlForm(form): HtmlForm<TitleForm>,
-) -> Result<Response, AppError> {
-    let (filter, target) = return_target(form.return_to.as_deref());
-    let title = match validate_title(&form.title) {
-        Ok(title) => title,
-        Err(e) => {
-            // An edit of a todo that does not exist is a 404 whatever the title says.
-            let lookup = id.clone();
-            state.with_store(move |s| s.get(&lookup)).await?;
-            return invalid(&state, filter, Some(id), e, form.title).await;
+/// `GET /`, every form action and every unknown address (404).
+pub async fn page(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match Bytes::from_request(request, &state).await {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(AppError::PayloadTooLarge(format!(
+                "The form is larger than {} bytes.",
+                site::MAX_FORM_BYTES
+            )));
         }
+        Err(rejection) => return Err(AppError::BadRequest(rejection.body_text())),
     };
-    state.with_store(move |s| s.set_title(&id, &title)).await?;
-    Ok(Redirect::to(target).into_response())
+    let templates = state.templates.clone();
+    let node_name = state.node_name.clone();
+    let answer = state
+        .with_store(move |store| {
+            let new_id = uuid::Uuid::now_v7().to_string();
+            let context = Context {
+                node_name: &node_name,
+                mode: "server",
+                pending_changes: 0,
+                now_ms: now_millis(),
+                new_id: &new_id,
+            };
+            let request = site::Request {
+                method: &method,
+                path: &path,
+                query: &query,
+                content_type: content_type.as_deref(),
+                body: &body,
+            };
+            Ok(site::handle(
+                request,
+                &mut NodeTodos(store),
+                &templates,
+                &context,
+            ))
+        })
+        .await?
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(respond(answer))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ToggleForm {
-    /// The state to set ("1" done, "0" not done): a resubmitted form sets the same state again
-    /// instead of flipping it back.
-    completed: String,
-    #[serde(default)]
-    return_to: Option<String>,
+/// The site's answer as an HTTP response: 303 with `Location`, or a page.
+pub fn respond(answer: Answer) -> Response {
+    match answer {
+        Answer::Redirect { location } => {
+            let mut response = StatusCode::SEE_OTHER.into_response();
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        Answer::Page { status, html } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Html(html),
+        )
+            .into_response(),
+    }
 }
 
-pub async fn toggle(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    HtmlForm(form): HtmlForm<ToggleForm>,
-) -> Result<Response, AppError> {
-    let (_, target) = return_target(form.return_to.as_deref());
-    let completed = parse_completed(&form.completed).map_err(AppError::BadRequest)?;
-    state
-        .with_store(move |s| s.set_completed(&id, completed))
-        .await?;
-    Ok(Redirect::to(target).into_response())
+/// The node's store as the site's todos.
+struct NodeTodos<'a>(&'a Store);
+
+fn store_error(e: db::StoreError) -> StoreError {
+    match e {
+        db::StoreError::NotFound(_) => StoreError::NotFound,
+        db::StoreError::Refused(reason) => StoreError::Refused(reason.to_string()),
+        other => StoreError::Failed(Box::new(other)),
+    }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ReturnForm {
-    #[serde(default)]
-    return_to: Option<String>,
-}
+impl Todos for NodeTodos<'_> {
+    fn list(&self) -> Result<Vec<Todo>, StoreError> {
+        self.0.list().map_err(store_error)
+    }
 
-pub async fn delete(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    HtmlForm(form): HtmlForm<ReturnForm>,
-) -> Result<Response, AppError> {
-    let (_, target) = return_target(form.return_to.as_deref());
-    state.with_store(move |s| s.delete(&id)).await?;
-    Ok(Redirect::to(target).into_response())
-}
+    fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        match self.0.get(id) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
 
-pub async fn clear_completed(
-    State(state): State<AppState>,
-    HtmlForm(form): HtmlForm<ReturnForm>,
-) -> Result<Response, AppError> {
-    let (_, target) = return_target(form.return_to.as_deref());
-    let removed = state.with_store(|s| s.clear_completed()).await?;
-    tracing::info!(removed, "cleared completed todos");
-    Ok(Redirect::to(target).into_response())
-}
+    fn add(&mut self, todo: Todo) -> Result<(), StoreError> {
+        let added = self
+            .0
+            .add(&todo.title, todo.created_at, Some(todo.id))
+            .map_err(store_error)?;
+        tracing::info!(id = %added.id, "todo added");
+        Ok(())
+    }
 
-pub async fn not_found() -> AppError {
-    AppError::NotFound("There is no page at this address.".to_owned())
-}
+    fn set_title(&mut self, id: &str, title: &str) -> Result<(), StoreError> {
+        self.0.set_title(id, title).map_err(store_error)
+    }
 
-/// The page again, 422, with the validation message next to the form that failed.
-async fn invalid(
-    state: &AppState,
-    filter: Filter,
-    todo_id: Option<String>,
-    error: app::TitleError,
-    draft: String,
-) -> Result<Response, AppError> {
-    let page = page(state, filter).await?.with_form_error(FormError {
-        message: error.to_string(),
-        todo_id,
-        draft,
-    });
-    let html = state.templates.render("index.html", &page)?;
-    Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response())
+    fn set_completed(&mut self, id: &str, completed: bool) -> Result<(), StoreError> {
+        self.0.set_completed(id, completed).map_err(store_error)
+    }
+
+    fn delete(&mut self, id: &str) -> Result<(), StoreError> {
+        self.0.delete(id).map_err(store_error)
+    }
+
+    fn clear_completed(&mut self) -> Result<usize, StoreError> {
+        let removed = self.0.clear_completed().map_err(store_error)?;
+        tracing::info!(removed, "cleared completed todos");
+        Ok(removed)
+    }
 }
 
 fn now_millis() -> i64 {
