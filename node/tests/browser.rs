@@ -20,22 +20,9 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Polls a JavaScript expression in the page until it is truthy; on timeout, fails with the
 /// page's sync status (mode, last error) to say why.
 async fn wait_js(browser: &Browser, what: &str, expression: &str) {
-    let script = format!("try {{ return !!({expression}); }} catch (e) {{ return false; }}");
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if browser.execute(&script, json!([])).await.as_bool() == Some(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let state = browser
-        .execute(
-            "return JSON.stringify(window.todoApp \
-               ? { ...todoApp, p2p: todoApp.p2p?.() } : null, null, 1)",
-            json!([]),
-        )
-        .await;
-    panic!("timed out waiting for: {what}; page status: {state}");
+    let status = "return 'page status: ' + JSON.stringify(window.todoApp \
+                  ? { ...todoApp, p2p: todoApp.p2p?.() } : null, null, 1)";
+    browser.wait_js(what, expression, WAIT, status).await;
 }
 
 /// Polls the page's HTML until `check` accepts it (works with JavaScript off).

@@ -414,11 +414,8 @@ async fn bad_input_gets_the_same_answers_as_on_a_node() {
 
 /// Polls a JavaScript expression in the page until it is truthy.
 async fn wait_js(browser: &Browser, what: &str, expression: &str) {
-    let script = format!("try {{ return !!({expression}); }} catch (e) {{ return false; }}");
-    let check = || async {
-        (browser.execute(&script, json!([])).await.as_bool() == Some(true)).then_some(())
-    };
-    eventually(what, SYNC, check).await;
+    let status = "return 'page status: ' + JSON.stringify(window.todoApp || null)";
+    browser.wait_js(what, expression, SYNC, status).await;
 }
 
 /// A page whose node goes down fails over to the edge (the node lists it in EDGE_URLS): the

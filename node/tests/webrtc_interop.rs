@@ -131,33 +131,12 @@ impl Pages {
 }
 
 async fn wait_js(browser: &Browser, what: &str, expression: &str) {
-    let script = format!("try {{ return !!({expression}); }} catch (e) {{ return false; }}");
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if browser.execute(&script, json!([])).await.as_bool() == Some(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let log = browser
-        .execute(
-            "return [window.probe ? probe.status() : null, window.jsPeer ? \
-             JSON.stringify(jsPeer.status()) : null, window.logs.join('\\n')]",
-            json!([]),
-        )
+    let status_and_log = "return 'status and log:\\n' + [window.probe ? probe.status() : null, \
+                          window.jsPeer ? JSON.stringify(jsPeer.status()) : null, \
+                          window.logs.join('\\n')].join('\\n')";
+    browser
+        .wait_js(what, expression, WAIT, status_and_log)
         .await;
-    let lines: Vec<String> = log
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap_or("null").to_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    panic!(
-        "timed out waiting for {what}; status and log:\n{}",
-        lines.join("\n")
-    );
 }
 
 /// Runs a promise-returning expression in the page; `Err` with the message when it rejects.

@@ -188,6 +188,22 @@ impl Browser {
         self.client.refresh().await.expect("reload the page");
     }
 
+    /// Polls `expression` in the page until it is truthy, for up to `timeout`; on timeout,
+    /// fails naming `what`, with what the `diagnose` script returns (e.g. the page's status).
+    pub async fn wait_js(&self, what: &str, expression: &str, timeout: Duration, diagnose: &str) {
+        let script = format!("try {{ return !!({expression}); }} catch (e) {{ return false; }}");
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.execute(&script, json!([])).await.as_bool() == Some(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let why = self.execute(diagnose, json!([])).await;
+        let why = why.as_str().map_or_else(|| why.to_string(), str::to_owned);
+        panic!("timed out waiting for: {what}; {why}");
+    }
+
     pub async fn source(&self) -> String {
         self.client.source().await.expect("the page's source")
     }
