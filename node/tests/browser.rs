@@ -734,19 +734,22 @@ async fn bulk_sync(alice: &Browser, bob: &Browser, count: usize) -> (u64, Durati
     (bytes, written, pushed.elapsed())
 }
 
-/// Issue 16: two browsers, every node down, meet through the relay and upgrade to a direct
-/// WebRTC connection (the browser-to-browser `/webrtc` transport of browser-p2p); then the relay
-/// stops, and edits keep flowing both ways and a sync of more than a megabyte (thousands of
-/// todos) completes over the data channels.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
-    const BULK: usize = 3_000;
+/// Where the WebRTC tests start: node A with the in-process relay, and Alice's and Bob's
+/// browsers each showing A's page in server mode, having learned the relay from it.
+struct PairOnNodeA {
+    relay: InProcessRelay,
+    a: TestNode,
+    browsers: Vec<Browser>,
+    _profiles: Vec<tempfile::TempDir>,
+    _dir: tempfile::TempDir,
+}
+
+async fn pair_on_node_a() -> PairOnNodeA {
     let dir = tempfile::tempdir().expect("dir");
-    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
+    let relay = InProcessRelay::start(&dir.path().join("relay")).await;
     let mut config = p2p_config(&dir.path().join("a"), "a", &[]);
     config.relay_addrs = vec![relay.url().parse().expect("relay url")];
     let a = TestNode::start_with(config).await;
-    let a_addr = a.addr;
     eventually(
         "node A knows the relay's WebSocket address",
         WAIT,
@@ -758,16 +761,15 @@ async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
         },
     )
     .await;
-    let (_alice_parent, alice_profile) = profile_dir();
-    let (_bob_parent, bob_profile) = profile_dir();
-    let mut browsers = Vec::new();
-    for (profile, who) in [(&alice_profile, "Alice"), (&bob_profile, "Bob")] {
+    let (mut profiles, mut browsers) = (Vec::new(), Vec::new());
+    for who in ["Alice", "Bob"] {
+        let (parent, profile) = profile_dir();
         let browser = Browser::start(BrowserOptions {
-            profile,
+            profile: &profile,
             javascript: true,
         })
         .await;
-        browser.goto(&format!("http://{a_addr}/")).await;
+        browser.goto(&a.url("/")).await;
         wait_js(
             &browser,
             &format!("{who}'s page in server mode, with the relays learned"),
@@ -776,8 +778,32 @@ async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
              && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
         )
         .await;
+        profiles.push(parent);
         browsers.push(browser);
     }
+    PairOnNodeA {
+        relay,
+        a,
+        browsers,
+        _profiles: profiles,
+        _dir: dir,
+    }
+}
+
+/// Issue 16: two browsers, every node down, meet through the relay and upgrade to a direct
+/// WebRTC connection (the browser-to-browser `/webrtc` transport of browser-p2p); then the relay
+/// stops, and edits keep flowing both ways and a sync of more than a megabyte (thousands of
+/// todos) completes over the data channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
+    const BULK: usize = 3_000;
+    let PairOnNodeA {
+        mut relay,
+        a,
+        browsers,
+        _profiles,
+        _dir,
+    } = pair_on_node_a().await;
     let (alice, bob) = (&browsers[0], &browsers[1]);
 
     a.stop().await;
@@ -834,42 +860,13 @@ async fn browsers_upgrade_to_webrtc_and_keep_syncing_after_the_relay_stops() {
 /// `iceTransportPolicy: "relay"` (TURN only) and no TURN server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_stay_relayed_and_say_so_when_webrtc_cannot_connect() {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut relay = InProcessRelay::start(&dir.path().join("relay")).await;
-    let mut config = p2p_config(&dir.path().join("a"), "a", &[]);
-    config.relay_addrs = vec![relay.url().parse().expect("relay url")];
-    let a = TestNode::start_with(config).await;
-    let a_addr = a.addr;
-    eventually(
-        "node A knows the relay's WebSocket address",
-        WAIT,
-        || async {
-            let peers = get_json(&a, "/api/peers").await;
-            peers["relays"][0]["browser_addrs"][0]
-                .is_string()
-                .then_some(())
-        },
-    )
-    .await;
-    let (_alice_parent, alice_profile) = profile_dir();
-    let (_bob_parent, bob_profile) = profile_dir();
-    let mut browsers = Vec::new();
-    for (profile, who) in [(&alice_profile, "Alice"), (&bob_profile, "Bob")] {
-        let browser = Browser::start(BrowserOptions {
-            profile,
-            javascript: true,
-        })
-        .await;
-        browser.goto(&format!("http://{a_addr}/")).await;
-        wait_js(
-            &browser,
-            &format!("{who}'s page in server mode, with the relays learned"),
-            "window.todoApp?.ready && todoApp.mode === 'server' \
-             && JSON.parse(localStorage.getItem('todo-p2p-config') || 'null')?.relays.length > 0",
-        )
-        .await;
-        browsers.push(browser);
-    }
+    let PairOnNodeA {
+        mut relay,
+        a,
+        browsers,
+        _profiles,
+        _dir,
+    } = pair_on_node_a().await;
     let (alice, bob) = (&browsers[0], &browsers[1]);
     // Before the page starts its peer (it does when the node goes, without a reload).
     bob.execute(
