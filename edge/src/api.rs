@@ -5,9 +5,10 @@
 
 use std::collections::BTreeSet;
 
+use changeset::http::{ChangesPage, PushBody};
 use changeset::sync::{Fetched, page as cut_page};
 use changeset::{Change, DbVersion, MAX_CHANGES_PER_BATCH, PageLimits, Replica};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::sync::{NodeState, merge_whole};
@@ -119,14 +120,6 @@ pub fn peers(replica: &Replica, nodes: &[NodeState], config: &Config) -> serde_j
     })
 }
 
-#[derive(Debug, Serialize)]
-pub struct ChangesPage {
-    site_id: String,
-    changes: Vec<Change>,
-    up_to: u64,
-    more: bool,
-}
-
 /// `GET /api/changes?since=&limit=`.
 pub fn changes(replica: &Replica, query: &str) -> Result<ChangesPage, ApiError> {
     let mut since = 0;
@@ -156,17 +149,7 @@ pub fn changes(replica: &Replica, query: &str) -> Result<ChangesPage, ApiError> 
         Fetched::All { current },
         limits,
     );
-    Ok(ChangesPage {
-        site_id: page.source.to_string(),
-        changes: page.changes,
-        up_to: page.up_to.0,
-        more: page.more,
-    })
-}
-
-#[derive(Debug, Deserialize)]
-struct PushBody {
-    changes: Vec<Change>,
+    Ok(ChangesPage::from(page))
 }
 
 #[derive(Debug, Serialize)]

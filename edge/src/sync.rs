@@ -9,9 +9,9 @@
 //! stored. A node that fails is tried again after 1 s, doubling up to [`MAX_BACKOFF_MS`]; one
 //! that answers is synced every `SYNC_INTERVAL_SECS`, and at once after each write.
 
+use changeset::http::{ChangesPage, PushBatch};
 use changeset::sync::{Fetched, page as cut_page};
 use changeset::{Change, DbVersion, EngineError, PageLimits, Replica, SiteId, SyncState};
-use serde::{Deserialize, Serialize};
 
 /// Changes per push: what the browser pushes too, far under a node's 10,000 and 8 MiB.
 pub const PUSH_BATCH: usize = 2_000;
@@ -47,29 +47,6 @@ pub enum SyncError {
     Merge(#[from] EngineError),
     #[error("storage: {0}")]
     Storage(String),
-}
-
-/// A node's `GET /api/changes` answer.
-#[derive(Debug, Deserialize)]
-pub struct NodePage {
-    pub site_id: String,
-    pub changes: Vec<Change>,
-    pub up_to: u64,
-    pub more: bool,
-}
-
-#[derive(Serialize)]
-struct PushBody<'a> {
-    changes: &'a [Change],
-}
-
-/// One push: the body of `POST /api/changes` and where the node's push mark moves when it
-/// answers 200.
-#[derive(Debug)]
-pub struct PushBatch {
-    pub body: String,
-    pub up_to: DbVersion,
-    pub changes: usize,
 }
 
 impl NodeState {
@@ -141,15 +118,7 @@ pub fn push_batch(replica: &Replica, node: &NodeState) -> Option<PushBatch> {
         Fetched::All { current },
         limits,
     );
-    let body = serde_json::to_string(&PushBody {
-        changes: &page.changes,
-    })
-    .unwrap_or_default();
-    Some(PushBatch {
-        body,
-        up_to: page.up_to,
-        changes: page.changes.len(),
-    })
+    Some(PushBatch::of(&page))
 }
 
 /// What taking a page did.
@@ -170,27 +139,19 @@ pub fn receive_page(
     node: &mut NodeState,
     json: &str,
 ) -> Result<Received, SyncError> {
-    let page: NodePage =
-        serde_json::from_str(json).map_err(|e| SyncError::Malformed(e.to_string()))?;
-    let source: SiteId = page
-        .site_id
-        .parse()
-        .map_err(|e: changeset::SiteIdParseError| SyncError::Malformed(e.to_string()))?;
-    if node.site != Some(source) {
+    let page = serde_json::from_str::<ChangesPage>(json)
+        .map_err(|e| SyncError::Malformed(e.to_string()))?
+        .into_page()
+        .map_err(|e| SyncError::Malformed(e.to_string()))?;
+    if node.site != Some(page.source) {
         let known = node.site.is_some();
-        node.site = Some(source);
+        node.site = Some(page.source);
         if known {
             node.pushed_up_to = DbVersion(0);
             node.pulled = SyncState::default();
             return Ok(Received::NewSite);
         }
     }
-    let page = changeset::Page {
-        source,
-        changes: page.changes,
-        up_to: DbVersion(page.up_to),
-        more: page.more,
-    };
     changeset::validate(&page.changes)
         .and_then(|()| changeset::validate::page_up_to(&page.changes, page.up_to, page.more))
         .map_err(|e| SyncError::Malformed(e.to_string()))?;
@@ -261,11 +222,7 @@ mod tests {
         let mut state = NodeState::new("http://n".into());
 
         let batch = push_batch(&edge, &state).expect("something to push");
-        #[derive(Deserialize)]
-        struct Body {
-            changes: Vec<Change>,
-        }
-        let body: Body = serde_json::from_str(&batch.body).expect("body");
+        let body: changeset::http::PushBody = serde_json::from_str(&batch.body).expect("body");
         merge_whole(&mut node, &body.changes).expect("node merges");
         state.pushed_up_to = batch.up_to;
         assert!(push_batch(&edge, &state).is_none());

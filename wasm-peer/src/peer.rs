@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use app::site::{self, Answer, Context};
 use app::{Templates, Todo};
+use changeset::http::ChangesPage;
 use changeset::sync::{Fetched, page as cut_page};
 use changeset::{
     Change, DbVersion, EngineError, PageLimits, Replica, SiteId, SnapshotError, SyncState,
@@ -58,26 +59,7 @@ pub struct Rendered {
 pub type Outcome = Answer;
 
 /// One push to a node: the body of `POST /api/changes` and where to acknowledge up to.
-#[derive(Debug)]
-pub struct PushBatch {
-    pub body: String,
-    pub up_to: DbVersion,
-    pub changes: usize,
-}
-
-/// A node's `GET /api/changes` answer.
-#[derive(Debug, Deserialize)]
-struct NodePage {
-    site_id: String,
-    changes: Vec<Change>,
-    up_to: u64,
-    more: bool,
-}
-
-#[derive(Serialize)]
-struct PushBody<'a> {
-    changes: &'a [Change],
-}
+pub use changeset::http::PushBatch;
 
 #[derive(Clone)]
 pub struct Peer {
@@ -260,15 +242,7 @@ impl Peer {
             },
             limits,
         );
-        let body = serde_json::to_string(&PushBody {
-            changes: &page.changes,
-        })
-        .unwrap_or_default();
-        Some(PushBatch {
-            body,
-            up_to: page.up_to,
-            changes: page.changes.len(),
-        })
+        Some(PushBatch::of(&page))
     }
 
     /// A node merged a push durably: everything up to `up_to` is held by a node now.
@@ -283,18 +257,10 @@ impl Peer {
 
     /// Merges one page of a node's changes; returns whether more pages follow.
     pub fn receive_page(&mut self, json: &str) -> Result<bool, PeerError> {
-        let page: NodePage =
-            serde_json::from_str(json).map_err(|e| PeerError::Page(e.to_string()))?;
-        let source: SiteId = page
-            .site_id
-            .parse()
-            .map_err(|e: changeset::SiteIdParseError| PeerError::Page(e.to_string()))?;
-        let page = changeset::Page {
-            source,
-            changes: page.changes,
-            up_to: DbVersion(page.up_to),
-            more: page.more,
-        };
+        let page = serde_json::from_str::<ChangesPage>(json)
+            .map_err(|e| PeerError::Page(e.to_string()))?
+            .into_page()
+            .map_err(|e| PeerError::Page(e.to_string()))?;
         self.receive(page, Origin::Node)
     }
 

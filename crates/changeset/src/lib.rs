@@ -2,6 +2,7 @@
 //!
 //! - [`value`]: SQLite values with their storage class, site ids and db_versions;
 //! - [`change`]: one row of `crsql_changes`, and its JSON form for HTTP;
+//! - [`http`]: the JSON of the HTTP sync API (pages pulled, pushes), for every replica;
 //! - [`pk`]: the primary-key packing of `crsql_pack_columns`, byte-exact;
 //! - [`wire`]: the compact, versioned binary form of a batch of changes, for libp2p;
 //! - [`affinity`]: SQLite column affinity, applied before values are stored or compared;
@@ -18,6 +19,7 @@
 pub mod affinity;
 pub mod change;
 pub mod engine;
+pub mod http;
 pub mod pk;
 pub mod snapshot;
 pub mod stored;

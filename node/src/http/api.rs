@@ -4,7 +4,8 @@
 use app::Todo;
 use axum::Json;
 use axum::extract::{Query, State};
-use changeset::{Change, DbVersion, MAX_CHANGES_PER_BATCH, PageLimits, validate};
+use changeset::http::{ChangesPage, PushBody};
+use changeset::{DbVersion, MAX_CHANGES_PER_BATCH, PageLimits, validate};
 use serde::{Deserialize, Serialize};
 
 use crate::net::NetStatus;
@@ -82,16 +83,6 @@ pub struct ChangesQuery {
     limit: Option<usize>,
 }
 
-/// Changes above `since`, cut on whole db_versions: what a browser or edge replica pulls.
-#[derive(Debug, Serialize)]
-pub struct ChangesPage {
-    site_id: String,
-    changes: Vec<Change>,
-    /// Everything up to this db_version has been sent: the next `since`.
-    up_to: u64,
-    more: bool,
-}
-
 /// Default and largest page for `GET /api/changes`.
 const CHANGES_PAGE: usize = 5_000;
 
@@ -108,17 +99,7 @@ pub async fn changes(
     let page = state
         .with_store(move |s| s.changes_page(since, limits))
         .await?;
-    Ok(Json(ChangesPage {
-        site_id: page.source.to_string(),
-        changes: page.changes,
-        up_to: page.up_to.0,
-        more: page.more,
-    }))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct PushBody {
-    changes: Vec<Change>,
+    Ok(Json(ChangesPage::from(page)))
 }
 
 #[derive(Debug, Serialize)]
