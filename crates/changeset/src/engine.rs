@@ -345,15 +345,7 @@ impl Replica {
                     .into_iter()
                     .filter(|c| c.db_version.0 == v && c.site_id == next.site_id)
                     .collect();
-                made.sort_by(|a, b| {
-                    (a.db_version, a.seq, &a.table, &a.pk, &a.cid).cmp(&(
-                        b.db_version,
-                        b.seq,
-                        &b.table,
-                        &b.pk,
-                        &b.cid,
-                    ))
-                });
+                sort_as_listed(&mut made);
                 made
             })
             .unwrap_or_default();
@@ -738,15 +730,7 @@ impl Replica {
                 }
             }
         }
-        out.sort_by(|a, b| {
-            (a.db_version, a.seq, &a.table, &a.pk, &a.cid).cmp(&(
-                b.db_version,
-                b.seq,
-                &b.table,
-                &b.pk,
-                &b.cid,
-            ))
-        });
+        sort_as_listed(&mut out);
         out
     }
 
@@ -894,6 +878,20 @@ fn check_not_null(schema: &TableSchema, values: &[Value]) -> Result<(), EngineEr
         }),
         None => Ok(()),
     }
+}
+
+/// The order `crsql_changes` lists changes in: by db_version, then seq (then the row and
+/// column, to be total).
+fn sort_as_listed(changes: &mut [Change]) {
+    changes.sort_by(|a, b| {
+        (a.db_version, a.seq, &a.table, &a.pk, &a.cid).cmp(&(
+            b.db_version,
+            b.seq,
+            &b.table,
+            &b.pk,
+            &b.cid,
+        ))
+    });
 }
 
 #[cfg(test)]
