@@ -1,6 +1,7 @@
 //! Test kit: real nodes on 127.0.0.1:0 with a temporary DATA_DIR, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod netlab;
 pub mod relay;
 pub mod webdriver;
